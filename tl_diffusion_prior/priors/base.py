@@ -1,0 +1,445 @@
+"""The interface every diffusion prior implements, its config, save/load and the registry.
+
+A prior models single residual-stream vectors of one hook. Public methods take and return RAW
+activations; the prior z-scores them with its own :class:`~tl_diffusion_prior.normalizer.Normalizer`
+and each design works in normalised space through a few abstract methods:
+
+* ``_loss_normalized(z, generator)``: the design's training objective on clean normalised data;
+* ``add_noise(z, noise, t)``: corrupt clean normalised data to noise level ``t`` (0 = clean);
+* ``posterior_mean(z_t, t)``: the one-network-evaluation estimate of ``E[x0 | x_t]``;
+* ``_denoise_normalized(z, t_start, num_steps, noise)``: ``add_noise`` to ``t_start``, then exactly
+  ``num_steps`` network evaluations down to ``t = 0``;
+* ``_sample_normalized(noise, num_steps)``: integrate from pure noise to ``t = 0``;
+* ``gaussian_reference_loss(cov_eigenvalues)``: the objective's value for the optimal denoiser of a
+  Gaussian with the data's covariance.
+
+Each design also exposes ``network``: the ``nn.Module`` whose forward runs exactly once per network
+evaluation (the contract tests count its calls).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from tl_diffusion_prior.normalizer import Normalizer
+from tl_diffusion_prior.serialization import (
+    atomic_directory,
+    atomic_save_safetensors,
+    atomic_write_json,
+    load_safetensors,
+    read_json,
+)
+
+PRIOR_REGISTRY: dict[str, type[DiffusionPrior]] = {}
+
+PriorT = TypeVar("PriorT", bound="DiffusionPrior")
+
+
+@dataclass(kw_only=True)
+class PriorConfig:
+    """Fields shared by every prior design. Subclasses add the design's own fields.
+
+    Attributes:
+        architecture: Registry key of the design (``"mlp"``, ``"unet"``); fixed by each subclass.
+        d_model: Size of the modelled activation vectors.
+        hook_name: Full TransformerLens hook name the prior was trained on, e.g.
+            ``"blocks.15.hook_resid_post"``.
+        model_name: Name of the source model, e.g. ``"SmolLM2-135M-Instruct"``.
+        norm_eps: Epsilon of the normaliser, ``std = sqrt(var + norm_eps)``.
+        training: Provenance written by the trainer (steps, tokens, corpus, date, losses). Must be
+            JSON-serialisable.
+        format_version: On-disk format version; files from a newer version are rejected.
+    """
+
+    #: The ``architecture`` value a subclass requires (None on the base class).
+    expected_architecture: ClassVar[str | None] = None
+
+    architecture: str
+    d_model: int
+    hook_name: str
+    model_name: str
+    norm_eps: float = 1e-5
+    training: dict = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        expected = type(self).expected_architecture
+        if expected is not None and self.architecture != expected:
+            raise ValueError(
+                f"{type(self).__name__} needs architecture={expected!r}, got "
+                f"{self.architecture!r}; use the config class of {self.architecture!r} instead."
+            )
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise ValueError(f"architecture must be a non-empty str, got {self.architecture!r}.")
+        _check_positive_int("d_model", self.d_model)
+        for name in ("hook_name", "model_name"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name} must be a non-empty str, got {value!r}.")
+        if (
+            isinstance(self.norm_eps, bool)
+            or not isinstance(self.norm_eps, int | float)
+            or not math.isfinite(self.norm_eps)
+            or self.norm_eps <= 0
+        ):
+            raise ValueError(f"norm_eps must be a positive finite float, got {self.norm_eps!r}.")
+        if not isinstance(self.training, dict):
+            raise ValueError(f"training must be a dict, got {type(self.training).__name__}.")
+        try:
+            json.dumps(self.training)
+        except TypeError as exc:
+            raise ValueError(
+                f"training must be JSON-serialisable (it is saved in {CONFIG_NAME}): {exc}"
+            ) from exc
+        _check_positive_int("format_version", self.format_version)
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is newer than this library supports "
+                f"({FORMAT_VERSION}); upgrade tl_diffusion_prior to load this prior."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorConfig:
+        """Build the config class that ``data["architecture"]`` names.
+
+        Raises ValueError on unknown architectures, unknown keys, newer format versions, or when
+        called on a subclass whose architecture differs from ``data``'s.
+        """
+        if not isinstance(data, dict):
+            raise TypeError(f"data must be a dict, got {type(data).__name__}.")
+        arch = data.get("architecture")
+        if arch not in PRIOR_REGISTRY:
+            raise ValueError(
+                f"Unknown prior architecture {arch!r}; registered: {sorted(PRIOR_REGISTRY)}. "
+                "Import the module that defines it (tl_diffusion_prior.priors registers the "
+                "built-in ones) or fix the config."
+            )
+        target = PRIOR_REGISTRY[arch].config_class
+        if cls is not PriorConfig and not issubclass(target, cls):
+            raise ValueError(
+                f"{cls.__name__}.from_dict got architecture={arch!r}, which belongs to "
+                f"{target.__name__}; use PriorConfig.from_dict to dispatch on the architecture."
+            )
+        version = data.get("format_version", FORMAT_VERSION)
+        if isinstance(version, int) and version > FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {version} is newer than this library supports "
+                f"({FORMAT_VERSION}); upgrade tl_diffusion_prior to load this prior."
+            )
+        known = {f.name for f in dataclasses.fields(target) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"Unknown keys {unknown} for {target.__name__}; expected a subset of "
+                f"{sorted(known)}. The file may come from another version of the library."
+            )
+        return target(**data)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+
+
+def register_prior(name: str):
+    """Class decorator: register a DiffusionPrior subclass under ``name`` (its architecture)."""
+
+    def decorator(cls: type[DiffusionPrior]) -> type[DiffusionPrior]:
+        if name in PRIOR_REGISTRY and PRIOR_REGISTRY[name] is not cls:
+            raise ValueError(
+                f"Prior architecture {name!r} is already registered to "
+                f"{PRIOR_REGISTRY[name].__qualname__}; pick another name."
+            )
+        if cls.config_class.expected_architecture != name:
+            raise ValueError(
+                f"{cls.__qualname__}.config_class.expected_architecture is "
+                f"{cls.config_class.expected_architecture!r}, but it is registered as {name!r}."
+            )
+        cls.architecture = name
+        PRIOR_REGISTRY[name] = cls
+        return cls
+
+    return decorator
+
+
+class DiffusionPrior(nn.Module, abc.ABC):
+    """Base class of the diffusion priors over one hook's activations (see module docstring).
+
+    Args:
+        config: The design's config; its ``d_model`` and ``norm_eps`` size the normaliser.
+    """
+
+    config_class: ClassVar[type[PriorConfig]] = PriorConfig
+    architecture: ClassVar[str]
+    network: nn.Module
+
+    def __init__(self, config: PriorConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+                f"{type(config).__name__}."
+            )
+        self.config = config
+        self.normalizer = Normalizer(config.d_model, eps=config.norm_eps)
+
+    # ----------------------------------------------------------------- design-specific pieces
+    @abc.abstractmethod
+    def _loss_normalized(
+        self, z: Float[Tensor, "batch d_model"], generator: torch.Generator | None
+    ) -> Float[Tensor, ""]:
+        """Training loss on clean normalised data, reduced to a scalar mean."""
+
+    @abc.abstractmethod
+    def add_noise(
+        self, z: Float[Tensor, "n d_model"], noise: Float[Tensor, "n d_model"], t: float
+    ) -> Float[Tensor, "n d_model"]:
+        """Corrupt clean normalised ``z`` to noise level ``t`` with standard-normal ``noise``."""
+
+    @abc.abstractmethod
+    def posterior_mean(
+        self, z_t: Float[Tensor, "n d_model"], t: float
+    ) -> Float[Tensor, "n d_model"]:
+        """One-evaluation estimate of the clean normalised vector, ``E[x0 | x_t]``."""
+
+    @abc.abstractmethod
+    def _denoise_normalized(
+        self,
+        z: Float[Tensor, "n d_model"],
+        t_start: float,
+        num_steps: int,
+        noise: Float[Tensor, "n d_model"],
+    ) -> Float[Tensor, "n d_model"]:
+        """Noise ``z`` to ``t_start`` with ``noise``, then exactly ``num_steps`` evaluations."""
+
+    @abc.abstractmethod
+    def _sample_normalized(
+        self, noise: Float[Tensor, "n d_model"], num_steps: int
+    ) -> Float[Tensor, "n d_model"]:
+        """Integrate from pure noise to ``t = 0`` in ``num_steps`` network evaluations."""
+
+    @abc.abstractmethod
+    def gaussian_reference_loss(self, cov_eigenvalues: Float[Tensor, " d"]) -> float:
+        """Loss of the optimal denoiser for a Gaussian with these normalised-covariance eigenvalues.
+
+        Same objective and reduction as :meth:`loss`; compare it to a held-out loss to see how much
+        the prior has learned beyond second-order statistics.
+        """
+
+    @property
+    def default_sample_steps(self) -> int:
+        """Number of network evaluations :meth:`sample` uses when none is given."""
+        return 100
+
+    # ------------------------------------------------------------------------ public API
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def num_parameters(self) -> int:
+        """Number of trainable parameters (normaliser statistics excluded)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def set_normalization(self, mean: Float[Tensor, " d_model"], var: Float[Tensor, " d_model"]):
+        """Set the normaliser's statistics (any float dtype, e.g. float64 running stats)."""
+        self.normalizer.set_stats(mean, var)
+
+    def loss(
+        self, x: Float[Tensor, "batch d_model"], generator: torch.Generator | None = None
+    ) -> Float[Tensor, ""]:
+        """Training loss on RAW activations ``x``; ``t`` and noise are drawn with ``generator``.
+
+        ``generator`` must live on the prior's device.
+        """
+        self._check_activations(x, "x")
+        if x.ndim != 2:
+            raise ValueError(f"x must have shape [batch, d_model], got {tuple(x.shape)}.")
+        z = self._to_normalized(x)
+        return self._loss_normalized(z, generator)
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, num_steps: int | None = None, generator: torch.Generator | None = None
+    ) -> Float[Tensor, "n d_model"]:
+        """Draw ``n`` activations (raw space, prior's dtype and device) from pure noise."""
+        _check_positive_int("n", n)
+        num_steps = self.default_sample_steps if num_steps is None else num_steps
+        _check_positive_int("num_steps", num_steps)
+        noise = self._randn((n, self.config.d_model), generator)
+        z = self._sample_normalized(noise, num_steps)
+        return self.normalizer.denormalize(z.float()).to(self.dtype)
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        x: Float[Tensor, "*batch d_model"],
+        t_start: float = 0.5,
+        num_steps: int = 20,
+        generator: torch.Generator | None = None,
+        noise: Float[Tensor, "*batch d_model"] | None = None,
+    ) -> Float[Tensor, "*batch d_model"]:
+        """Noise RAW ``x`` to ``t_start``, then run exactly ``num_steps`` evaluations back to 0.
+
+        Args:
+            x: Activations of any leading shape; the result has its shape, dtype and device.
+            t_start: Noise level in (0, 1]; 0.5 is the paper's steering setting.
+            num_steps: Network evaluations from ``t_start`` to 0. With 1 the result is the
+                one-step posterior-mean estimate of the clean activation.
+            generator: Draws the noise when ``noise`` is None.
+            noise: Standard-normal noise in normalised space, shaped like ``x``, for reproducible
+                or shared-noise comparisons.
+        """
+        self._check_activations(x, "x")
+        if isinstance(t_start, bool) or not isinstance(t_start, int | float):
+            raise TypeError(f"t_start must be a float, got {type(t_start).__name__}.")
+        if not 0.0 < t_start <= 1.0:
+            raise ValueError(
+                f"t_start must be in (0, 1] (0 = clean, 1 = pure noise), got {t_start!r}."
+            )
+        _check_positive_int("num_steps", num_steps)
+        if noise is not None:
+            if not isinstance(noise, Tensor) or not noise.is_floating_point():
+                raise TypeError(f"noise must be a float tensor, got {type(noise).__name__}.")
+            if noise.shape != x.shape:
+                raise ValueError(
+                    f"noise must have x's shape {tuple(x.shape)}, got {tuple(noise.shape)}."
+                )
+        flat = x.reshape(-1, self.config.d_model)
+        z = self._to_normalized(flat)
+        if noise is None:
+            eps = self._randn(tuple(z.shape), generator)
+        else:
+            eps = noise.reshape(z.shape).to(device=z.device, dtype=z.dtype)
+        out = self._denoise_normalized(z, float(t_start), num_steps, eps)
+        return self.normalizer.denormalize(out.float()).to(x.dtype).reshape(x.shape).to(x.device)
+
+    def check_compatible(
+        self,
+        *,
+        hook_name: str | None = None,
+        d_model: int | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        """Raise ValueError if the prior was trained for another hook, width or model."""
+        cfg = self.config
+        if d_model is not None and d_model != cfg.d_model:
+            raise ValueError(
+                f"This prior models d_model={cfg.d_model} activations, not d_model={d_model}; "
+                f"use a prior trained on {model_name or 'this model'}'s activations."
+            )
+        if hook_name is not None and hook_name != cfg.hook_name:
+            raise ValueError(
+                f"This prior was trained on {cfg.hook_name!r}, not {hook_name!r}; attach it at "
+                f"{cfg.hook_name!r} or train a prior for {hook_name!r}."
+            )
+        if model_name is not None and model_name != cfg.model_name:
+            raise ValueError(
+                f"This prior was trained on {cfg.model_name!r} activations, not {model_name!r}; "
+                "use a prior trained on this model."
+            )
+
+    # ----------------------------------------------------------------------- save / load
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` and ``model.safetensors`` (weights and normaliser) atomically."""
+        tensors = {k: v.detach() for k, v in self.state_dict().items()}
+        meta = {"architecture": self.architecture, "format_version": str(FORMAT_VERSION)}
+        with atomic_directory(directory) as tmp:
+            atomic_write_json(tmp / CONFIG_NAME, self.config.to_dict())
+            atomic_save_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta)
+
+    @classmethod
+    def from_pretrained(
+        cls: type[PriorT],
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> PriorT:
+        """Load a prior saved by :meth:`save_pretrained` (no unpickling).
+
+        On ``DiffusionPrior`` it returns the class the config names; on a subclass it raises
+        ValueError when the saved architecture is another one.
+        """
+        directory = Path(directory)
+        config_path = directory / CONFIG_NAME
+        if not config_path.is_file():
+            raise FileNotFoundError(
+                f"No {CONFIG_NAME} in {directory!s}; pass a directory written by save_pretrained."
+            )
+        config = PriorConfig.from_dict(read_json(config_path))
+        prior_cls = PRIOR_REGISTRY[config.architecture]
+        if cls is not DiffusionPrior and not issubclass(prior_cls, cls):
+            raise ValueError(
+                f"{directory!s} holds a {config.architecture!r} prior ({prior_cls.__name__}), "
+                f"not a {cls.__name__}; load it with {prior_cls.__name__}.from_pretrained or "
+                "tl_diffusion_prior.priors.load_prior."
+            )
+        prior = prior_cls(config)
+        state = load_safetensors(directory / WEIGHTS_NAME)
+        expected = {k: tuple(v.shape) for k, v in prior.state_dict().items()}
+        found = {k: tuple(v.shape) for k, v in state.items()}
+        if expected != found:
+            missing = sorted(set(expected) - set(found))
+            unexpected = sorted(set(found) - set(expected))
+            reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+            raise ValueError(
+                f"{directory / WEIGHTS_NAME!s} does not match the {prior_cls.__name__} that "
+                f"{CONFIG_NAME} describes: missing keys {missing}, unexpected keys {unexpected}, "
+                f"shape mismatches {reshaped}. The weights and {CONFIG_NAME} come from different "
+                "priors or library versions; save them together with save_pretrained."
+            )
+        prior.load_state_dict(state, strict=True)
+        prior.eval()
+        return prior.to(device=device, dtype=dtype)
+
+    # ---------------------------------------------------------------------------- helpers
+    def _check_activations(self, x: Any, name: str) -> None:
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor, got {type(x).__name__}.")
+        if x.ndim == 0 or x.shape[-1] != self.config.d_model:
+            raise ValueError(
+                f"{name} must have last dimension d_model={self.config.d_model}, got shape "
+                f"{tuple(x.shape)}; this prior was trained on {self.config.hook_name!r} of "
+                f"{self.config.model_name!r}."
+            )
+
+    def _to_normalized(self, x: Tensor) -> Tensor:
+        # Normalise in float32 before casting to a low-precision prior dtype, so bf16 priors
+        # lose no more than the final rounding.
+        return self.normalizer.normalize(x.to(self.normalizer.mean.device, torch.float32)).to(
+            self.dtype
+        )
+
+    def _randn(self, shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
+        device = generator.device if generator is not None else self.device
+        eps = torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        return eps.to(device=self.device, dtype=self.dtype)
+
+
+def load_prior(
+    directory: str | os.PathLike,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> DiffusionPrior:
+    """Load a saved prior of whatever architecture its ``config.json`` names."""
+    return DiffusionPrior.from_pretrained(directory, device=device, dtype=dtype)
