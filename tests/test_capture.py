@@ -116,7 +116,7 @@ def test_no_hook_survives_an_exception(tiny_model):
 
 def test_hooks_are_removed_when_the_forward_itself_fails(tiny_model):
     buffer = ActivationRingBuffer(50, 64, [HOOK])
-    with pytest.raises(Exception):
+    with pytest.raises(IndexError):
         fill_buffer(tiny_model, torch.full((2, 5), 10_000), HOOK, 5, buffer=buffer, progress=False)
     assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
 
