@@ -1,0 +1,178 @@
+"""Generation speed with steering: plain, steered, and steered + prior at several step counts.
+
+Two measurements on the default model, greedy, with the KV cache:
+
+1. **Generation**: ``model.generate`` of ``--max-new-tokens`` tokens per mode (after one warm-up),
+   reported as new tokens/s and the overhead against plain steering.
+2. **Decode-step breakdown**: one cached single-token forward pass (the cache frozen after the
+   prompt, so every repeat is the same step), timed ``--repeats`` times per mode with the modes
+   interleaved, medians reported. Besides the modes above it runs a "hook path only" prior whose
+   network is skipped (everything but the network evaluations: masks, noise, indexing, hook
+   points, normalisation), and ``prior.denoise`` of one vector alone, fitted as
+   ``fixed + per_step * num_steps``. Interleaving makes this far steadier than (1) on a shared
+   machine.
+
+Not a test: nothing here asserts a speed.
+
+    .venv/bin/python benchmarks/steer.py [--prior DIR] [--max-new-tokens 32] [--steps 20 10 4]
+
+Without ``--prior`` a freshly initialised default-size MLPPrior is used (speed does not depend on
+training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from datetime import date
+
+import torch
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+from tl_diffusion_prior.constants import DEFAULT_HOOK
+from tl_diffusion_prior.offline_model import load_model
+from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, load_prior
+from tl_diffusion_prior.steer import steer
+from tl_diffusion_prior.steering_vector import steering_vector
+
+
+class HookPathOnly(MLPPrior):
+    """An MLPPrior whose denoising skips the network: times everything around it."""
+
+    def _denoise_normalized(self, z, t_start, num_steps, noise):
+        return self.add_noise(z, noise, t_start)
+
+
+def generate_ms_per_token(model, tokens, n_new: int) -> float:
+    start = time.perf_counter()
+    model.generate(tokens, max_new_tokens=n_new, do_sample=False, stop_at_eos=False, verbose=False)
+    return (time.perf_counter() - start) / n_new * 1000
+
+
+def denoise_ms(prior, x, num_steps: int, repeats: int) -> float:
+    noise = torch.randn_like(x)
+    times = []
+    with torch.inference_mode():
+        prior.denoise(x, 0.5, num_steps, noise=noise)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            prior.denoise(x, 0.5, num_steps, noise=noise)
+            times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prior", help="a saved prior (default: fresh default-size MLPPrior)")
+    parser.add_argument("--hook", default=DEFAULT_HOOK)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 10, 4])
+    parser.add_argument("--prompt", default="The best way to spend a quiet weekend is")
+    parser.add_argument("--scale", type=float, default=4.0, help="absolute steering scale")
+    parser.add_argument("--repeats", type=int, default=30, help="decode steps timed per mode")
+    parser.add_argument("--threads", type=int, help="torch threads for this script")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    model = load_model(device=args.device)
+    device = next(model.parameters()).device
+    if args.prior:
+        prior = load_prior(args.prior, device=device)
+        hook, source = prior.config.hook_name, args.prior
+    else:
+        hook = args.hook
+        config = MLPPriorConfig(
+            d_model=model.cfg.d_model, hook_name=hook, model_name=model.cfg.model_name
+        )
+        prior = MLPPrior(config).to(device).eval()
+        source = "fresh default-size MLPPrior (untrained; speed does not depend on training)"
+    hook_only = HookPathOnly(MLPPriorConfig(**prior.config.to_dict())).to(device).eval()
+    vector = steering_vector(
+        model, hook, ["I love weddings, brides and flowers"], ["I file taxes and forms"]
+    )
+    tokens = model.to_tokens(args.prompt)
+    n = args.max_new_tokens
+
+    # (mode, prior, num_steps); prior None = plain steering, "off" = no steering at all.
+    modes = [("plain generation", "off", 0), ("steered, no prior", None, 0)]
+    modes += [("steered + prior", prior, steps) for steps in args.steps]
+
+    def attached(mode_prior, steps):
+        if mode_prior == "off":
+            return _Nothing()
+        return steer(model, hook, vector, args.scale, mode_prior, num_steps=steps or 20, seed=0)
+
+    generate_ms_per_token(model, tokens, 2)  # warm-up
+    generation = {}
+    for mode, mode_prior, steps in modes:
+        with attached(mode_prior, steps):
+            generation[mode, steps] = generate_ms_per_token(model, tokens, n)
+
+    step_modes = modes[:2] + [("hook path only", hook_only, 1)] + modes[2:]
+    cache = TransformerLensKeyValueCache.init_cache(model.cfg, device, 1)
+    with torch.inference_mode():
+        model(tokens, past_kv_cache=cache)
+    cache.freeze()
+    next_token = tokens[:, -1:]
+    step_times: dict = {(mode, steps): [] for mode, _, steps in step_modes}
+    with torch.inference_mode():
+        for _ in range(args.repeats):
+            for mode, mode_prior, steps in step_modes:
+                with attached(mode_prior, steps):
+                    start = time.perf_counter()
+                    model(next_token, past_kv_cache=cache)
+                    step_times[mode, steps].append(time.perf_counter() - start)
+    step_ms = {key: 1000 * statistics.median(v) for key, v in step_times.items()}
+    x = torch.randn(1, model.cfg.d_model, device=device)
+    isolated = {steps: denoise_ms(prior, x, steps, args.repeats) for steps in args.steps}
+    lo, hi = min(isolated), max(isolated)
+    per_step = (isolated[hi] - isolated[lo]) / (hi - lo) if hi > lo else isolated[lo] / lo
+    fixed = isolated[lo] - per_step * lo
+
+    print(
+        f"# {date.today()} {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, device {device}"
+    )
+    print(
+        f"# model {model.cfg.model_name}, hook {hook}, prompt {tokens.shape[1]} tokens, greedy, "
+        f"KV cache; prior: {source}; {prior.num_parameters / 1e6:.1f}M parameters"
+    )
+    steered = generation["steered, no prior", 0]
+    print(f"\n## generation ({n} new tokens, one run per mode)")
+    print(f"{'mode':<18} {'steps':>5} {'tok/s':>6} {'ms/tok':>7} {'vs steered':>10}")
+    for mode, _, steps in modes:
+        ms = generation[mode, steps]
+        print(
+            f"{mode:<18} {steps or '-':>5} {1000 / ms:>6.2f} {ms:>7.1f} "
+            f"{100 * (ms / steered - 1):>+9.0f}%"
+        )
+    steered = step_ms["steered, no prior", 0]
+    print(f"\n## one cached decode step (median of {args.repeats}, modes interleaved)")
+    print(f"{'mode':<18} {'steps':>5} {'ms':>7} {'vs steered':>10} {'denoise alone':>13}")
+    for mode, _, steps in step_modes:
+        ms = step_ms[mode, steps]
+        alone = f"{isolated[steps]:.1f}" if mode == "steered + prior" else ""
+        print(
+            f"{mode:<18} {steps or '-':>5} {ms:>7.1f} {100 * (ms / steered - 1):>+9.0f}% "
+            f"{alone:>13}"
+        )
+    print(
+        f"# prior.denoise of one vector alone: {fixed:.2f} ms fixed + {per_step:.2f} ms per step. "
+        "'hook path only' - 'steered' = the steering hook's own cost per token beyond the network."
+    )
+
+
+class _Nothing:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return None
+
+
+if __name__ == "__main__":
+    main()
