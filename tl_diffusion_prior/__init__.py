@@ -1,3 +1,51 @@
-"""Diffusion priors over TransformerLens activations."""
+"""Diffusion priors over TransformerLens activations: capture, train, steer, evaluate."""
+
+from tl_diffusion_prior.buffer import ActivationRingBuffer
+from tl_diffusion_prior.capture import ActivationCapture, CaptureConfig, fill_buffer
+from tl_diffusion_prior.corpus import load_corpus, out_of_domain_texts
+from tl_diffusion_prior.offline_model import load_default_model, load_model
+from tl_diffusion_prior.priors import (
+    DiffusionPrior,
+    MLPPrior,
+    MLPPriorConfig,
+    UNetPrior,
+    UNetPriorConfig,
+    load_prior,
+)
+from tl_diffusion_prior.steer import attach_steering, steer
+from tl_diffusion_prior.steering_vector import mean_activation_norm, steering_vector
+from tl_diffusion_prior.token_source import (
+    corpus_token_source,
+    hf_dataset_token_source,
+    text_file_token_source,
+)
+from tl_diffusion_prior.train import TrainConfig, TrainResult, train_prior
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "ActivationCapture",
+    "ActivationRingBuffer",
+    "CaptureConfig",
+    "DiffusionPrior",
+    "MLPPrior",
+    "MLPPriorConfig",
+    "TrainConfig",
+    "TrainResult",
+    "UNetPrior",
+    "UNetPriorConfig",
+    "attach_steering",
+    "corpus_token_source",
+    "fill_buffer",
+    "hf_dataset_token_source",
+    "load_corpus",
+    "load_default_model",
+    "load_model",
+    "load_prior",
+    "mean_activation_norm",
+    "out_of_domain_texts",
+    "steer",
+    "steering_vector",
+    "text_file_token_source",
+    "train_prior",
+]

@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     add_capture_arguments(capture_parser)
     capture_parser.set_defaults(func=run_capture)
 
+    import importlib
+
     for name, module_name, help_text in [
         ("train", "tl_diffusion_prior.train", "train a diffusion prior"),
         ("steer", "tl_diffusion_prior.steer", "steer generations, with and without a prior"),
-        ("eval", "tl_diffusion_prior.evaluate.report", "evaluate priors against baselines"),
+        ("eval", "tl_diffusion_prior.evaluate.cli", "evaluate priors against baselines"),
     ]:
-        import importlib
-
         module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text)
         getattr(module, f"add_{name}_arguments")(command)

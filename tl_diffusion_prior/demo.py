@@ -50,9 +50,9 @@ class DemoScale:
 
 
 SCALES = {
-    "quick": DemoScale(4_000, 1_000, 64, 8, 128, 8, 8),
-    "default": DemoScale(120_000, 8_000, 128, 210, 512, 48, 24),
-    "long": DemoScale(400_000, 16_000, 128, 900, 1024, 128, 40),
+    "quick": DemoScale(4_000, 1_000, 64, 8.0, 128, 8, 8),
+    "default": DemoScale(120_000, 8_000, 128, 210.0, 512, 48, 24),
+    "long": DemoScale(400_000, 16_000, 128, 900.0, 1024, 128, 40),
 }
 
 
@@ -137,6 +137,61 @@ def train_demo_prior(
     return result
 
 
+def demo_eval_settings(scale: DemoScale):
+    """Evaluation settings sized to the demo's time budget (see ``EvalSettings`` for each knob)."""
+    from tl_diffusion_prior.evaluate.settings import EvalSettings
+
+    return EvalSettings.quick(
+        max_sequences=scale.eval_sequences,
+        max_train_rows=min(scale.n_train, 60_000),
+        prior_num_steps=20,
+        ts=(0.25, 0.5),
+        sae_sizes=((4, 32), (4, 64)),
+        sae_train={"steps": 600 if scale.eval_sequences > 8 else 50, "batch_size": 512},
+        n_fd_samples=2000 if scale.eval_sequences > 8 else 300,
+    )
+
+
+def evaluate_demo(model, priors: dict, buffer, scale: DemoScale, out: Path) -> dict:
+    """Fit the baselines on the training buffer, measure everything, write the report folder."""
+    from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
+
+    settings = demo_eval_settings(scale)
+    report = run_evaluation(
+        model,
+        list(priors.values()),
+        buffer,
+        settings,
+        prior_names=list(priors),
+        prior_dirs=[out / "priors" / name for name in priors],
+    )
+    paths = write_report(report, out)
+    print((out / "report.md").read_text() if (out / "report.md").exists() else paths)
+    return {"targets": report.targets, "report": {k: str(v) for k, v in paths.items()}}
+
+
+STEER_EXAMPLE = dict(
+    positive=["I am so happy and grateful today!", "What a wonderful, joyful celebration."],
+    negative=["I am so sad and miserable today.", "What a terrible, gloomy funeral."],
+    prompt="Tell me about your weekend.",
+    concept="happy,joy,wonderful,love",
+)
+
+
+def steer_example(prior_dir: Path, scale: DemoScale, r: float = 0.5) -> None:
+    from tl_diffusion_prior.steer_cli import add_steer_arguments, run_steer
+
+    parser = argparse.ArgumentParser()
+    add_steer_arguments(parser)
+    argv = ["--prior", str(prior_dir), "--prompt", STEER_EXAMPLE["prompt"], "--scale", str(r)]
+    for text in STEER_EXAMPLE["positive"]:
+        argv += ["--positive", text]
+    for text in STEER_EXAMPLE["negative"]:
+        argv += ["--negative", text]
+    argv += ["--concept", STEER_EXAMPLE["concept"], "--max-new-tokens", str(scale.max_new_tokens)]
+    run_steer(parser.parse_args(argv))
+
+
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="a ~1 minute smoke test")
@@ -188,6 +243,12 @@ def run_demo(args) -> int:
         }
         for name, r in results.items()
     }
+
+    stage("4/5 evaluating against PCA, Gaussian-posterior and TopK-SAE baselines")
+    summary["evaluation"] = evaluate_demo(model, priors, buffer, scale, out)
+
+    stage("5/5 steering one example: unsteered | steered | steered + MLP prior")
+    steer_example(out / "priors" / "mlp", scale)
 
     summary["total_s"] = time.perf_counter() - started
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
