@@ -19,7 +19,18 @@ TINY_D_MODEL = 24
 # Per-architecture overrides for tiny priors (d_model, hook_name and model_name are filled in).
 TINY_CONFIGS: dict[str, dict] = {
     "mlp": dict(depth=2, d_hidden=32, d_mlp=48, time_embed_dim=16, d_time=16, sample_steps=8),
-    # >>> UNet helper: add the tiny "unet" overrides here. <<<
+    "unet": dict(
+        unet=dict(
+            block_out_channels=[8, 16],
+            layers_per_block=1,
+            down_block_types=["DownBlock2D", "AttnDownBlock2D"],
+            up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+            norm_num_groups=4,
+            attention_head_dim=8,
+        ),
+        position_channels=2,
+        sample_steps=8,
+    ),
 }
 
 
