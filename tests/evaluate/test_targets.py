@@ -1,0 +1,77 @@
+import pytest
+
+from tl_diffusion_prior.evaluate.fidelity import FidelityResult
+from tl_diffusion_prior.evaluate.stats import ConfidenceInterval
+from tl_diffusion_prior.evaluate.targets import benchmark_targets, best_settings
+
+
+def _result(method, setting, dataset, condition, delta, distortion):
+    ci = ConfidenceInterval(delta, delta - 0.01, delta + 0.01, 10, 0.95)
+    return FidelityResult(method, setting, dataset, condition, ci, distortion, distortion, 100, 0.0)
+
+
+def _results():
+    rows = []
+    for k, delta, dist in [(16, 0.5, 0.6), (64, 0.2, 0.4), (256, 0.05, 0.2)]:
+        rows.append(_result("PCA", {"k": k}, "heldout", "reconstruct", delta, dist))
+        rows.append(_result("PCA", {"k": k}, "heldout", "noise std=1", delta + 0.3, dist))
+    for (d_sae, k), delta, dist in [((1024, 16), 0.3, 0.5), ((2048, 64), 0.1, 0.3)]:
+        rows.append(_result("SAE", {"d_sae": d_sae, "k": k}, "heldout", "reconstruct", delta, dist))
+        rows.append(_result("SAE", {"d_sae": d_sae, "k": k}, "heldout", "noise std=1", 0.4, dist))
+    for t, delta, dist in [(0.25, 0.01, 0.25), (0.5, 0.02, 0.45)]:
+        rows.append(
+            _result("mlp prior", {"t": t, "num_steps": 20}, "heldout", "reconstruct", delta, dist)
+        )
+    rows.append(
+        _result("mlp prior", {"t": 0.5, "num_steps": 20}, "heldout", "noise std=1", 0.08, 0.5)
+    )
+    rows.append(
+        _result(
+            "mlp prior one-step", {"t": 0.5, "num_steps": 1}, "heldout", "noise std=1", 0.06, 0.5
+        )
+    )
+    rows.append(_result("Gaussian posterior mean", {"t": 0.5}, "heldout", "noise std=1", 0.3, 0.5))
+    rows.append(_result("identity", {}, "pydoc", "noise std=1", 0.9, 1.0))
+    rows.append(_result("mlp prior", {"t": 0.5, "num_steps": 20}, "pydoc", "noise std=1", 0.3, 0.5))
+    return rows
+
+
+def test_best_setting_per_method_says_why():
+    best = best_settings(_results())
+    pca = best["heldout | reconstruct | PCA"]
+    assert pca["setting"] == {"k": 256}
+    assert "3 settings" in pca["why"]
+    assert best["heldout | reconstruct | SAE"]["setting"] == {"d_sae": 2048, "k": 64}
+
+
+def test_benchmark_ratios():
+    frechet = {
+        "results": [{"name": "mlp prior samples", "normalized_ratio": 1.5, "raw_ratio": 3.0}]
+    }
+    targets = benchmark_targets(
+        _results(),
+        frechet,
+        prior_methods=["mlp prior", "mlp prior one-step"],
+        multi_step_prior_methods=["mlp prior"],
+        heldout="heldout",
+        ood="pydoc",
+    )
+    a = targets["a_restoration_heldout"]
+    assert a["ratio"] == pytest.approx(0.06 / 0.3)  # one-step prior vs Gaussian posterior
+    assert a["met"] is True
+    assert targets["a_restoration_ood_vs_noise"]["ratio"] == pytest.approx(0.3 / 0.9)
+    b = targets["b_reconstruction_vs_sae"]
+    assert b["ratio"] == pytest.approx(0.02 / 0.1) and b["met"] is True
+    vs_pca = targets["b_equal_distortion"]["mlp prior"]["PCA"]
+    assert vs_pca["fraction_below"] == 1.0 and vs_pca["below"] is True
+    assert vs_pca["at_prior_t"]["reference"] == pytest.approx(0.2 + (0.45 - 0.4) / 0.2 * 0.3)
+    assert targets["c_frechet"]["mlp prior samples"]["met"] is True
+
+
+def test_missing_inputs_give_no_ratio():
+    targets = benchmark_targets(
+        [], None, prior_methods=[], multi_step_prior_methods=[], heldout="heldout", ood=None
+    )
+    assert targets["a_restoration_heldout"]["ratio"] is None
+    assert "missing" in targets["a_restoration_heldout"]["reason"]
+    assert targets["c_frechet"] == {}

@@ -1,0 +1,152 @@
+"""What one evaluation run compares: the fitted baselines and the (condition, methods) plan.
+
+``fit_baselines`` fits the Gaussian/PCA baseline and the TopK SAEs on the training activations in
+the priors' normalised space. ``build_plan`` lists, per condition (reconstruction, restoration from
+noise of each std, restoration from each steering vector at each scale), every method at every
+setting the settings ask for, as :class:`~tl_diffusion_prior.evaluate.reconstructors.Reconstructor`
+objects, so that the metrics treat priors and baselines alike.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from tl_diffusion_prior.buffer import ActivationRingBuffer
+from tl_diffusion_prior.evaluate.baselines import activation_rows, fit_normalizer
+from tl_diffusion_prior.evaluate.fidelity import Condition
+from tl_diffusion_prior.evaluate.gaussian import GaussianBaseline
+from tl_diffusion_prior.evaluate.reconstructors import (
+    GaussianPosteriorReconstructor,
+    IdentityReconstructor,
+    PCAReconstructor,
+    PriorReconstructor,
+    Reconstructor,
+    SAEReconstructor,
+    noise_std_to_t,
+)
+from tl_diffusion_prior.evaluate.sae import TopKSAE
+from tl_diffusion_prior.evaluate.sae_training import train_topk_sae
+from tl_diffusion_prior.evaluate.settings import EvalSettings
+from tl_diffusion_prior.priors.base import DiffusionPrior
+
+
+@dataclass
+class Baselines:
+    """The fitted baselines of one run (reusable across runs via ``save``/``load_baseline``)."""
+
+    gaussian: GaussianBaseline
+    saes: list[TopKSAE]
+
+    def save(self, directory: str | os.PathLike) -> None:
+        directory = Path(directory)
+        self.gaussian.save_pretrained(directory / "gaussian")
+        for sae in self.saes:
+            sae.save_pretrained(directory / sae.name)
+
+
+def fit_baselines(
+    train: ActivationRingBuffer | Tensor,
+    settings: EvalSettings,
+    *,
+    norm_eps: float = 1e-5,
+    hook_name: str = "",
+    model_name: str = "",
+    progress: bool = False,
+) -> Baselines:
+    """Gaussian/PCA fit and one TopK SAE per ``settings.sae_sizes``, all in the normaliser's space
+    fitted from ``train`` (the buffer's running statistics when ``train`` is a buffer)."""
+    normalizer = fit_normalizer(train, eps=norm_eps)
+    rows = activation_rows(train, max_rows=settings.max_train_rows)
+    gaussian = GaussianBaseline.fit(rows, normalizer, hook_name=hook_name, model_name=model_name)
+    saes = [
+        train_topk_sae(
+            rows,
+            normalizer,
+            factor * rows.shape[1],
+            k,
+            settings.sae_train_config(),
+            hook_name=hook_name,
+            model_name=model_name,
+            progress=progress,
+        )
+        for factor, k in settings.sae_sizes
+    ]
+    return Baselines(gaussian, saes)
+
+
+def resolve_prior_names(priors: list[DiffusionPrior], names: list[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(priors) or len(set(names)) != len(names):
+            raise ValueError(f"prior_names must be {len(priors)} unique names, got {names}.")
+        return list(names)
+    out, seen = [], {}
+    for prior in priors:
+        base = f"{prior.config.architecture} prior"
+        seen[base] = seen.get(base, 0) + 1
+        out.append(base if seen[base] == 1 else f"{base} #{seen[base]}")
+    return out
+
+
+def prior_reconstructors(
+    priors: list[DiffusionPrior], names: list[str], t: float, num_steps: int, one_step: bool
+) -> list[Reconstructor]:
+    """Each prior at level ``t`` with ``num_steps`` steps, plus its one-step estimate if asked."""
+    out: list[Reconstructor] = [
+        PriorReconstructor(p, t, num_steps, name=n) for p, n in zip(priors, names, strict=True)
+    ]
+    if one_step:
+        out += [
+            PriorReconstructor(p, t, 1, name=f"{n} one-step")
+            for p, n in zip(priors, names, strict=True)
+        ]
+    return out
+
+
+def build_plan(
+    settings: EvalSettings,
+    baselines: Baselines,
+    priors: list[DiffusionPrior],
+    names: list[str],
+    steer_vectors: dict[str, Tensor] | None,
+    mean_norm: float,
+) -> list[tuple[Condition, list[Reconstructor]]]:
+    """Every (condition, methods) pair of a run (see module docstring).
+
+    Reconstruction sweeps PCA over ``pca_ks``, every SAE, and the Gaussian posterior and each prior
+    over ``ts``. Restoration from noise of std ``s`` runs the Gaussian posterior and the priors at
+    ``t = s / (1 + s)`` (the level the noisy input sits at) and PCA/SAE at every setting.
+    Steering restoration adds ``scale * mean_norm * unit(vector)`` and reconstructs at
+    ``steer_ts``.
+    """
+    g = baselines.gaussian
+    pcas = [PCAReconstructor(g, k) for k in settings.pca_ks if k <= g.config.d_model]
+    saes = [SAEReconstructor(sae) for sae in baselines.saes]
+    steps, one_step = settings.prior_num_steps, settings.one_step
+    plan: list[tuple[Condition, list[Reconstructor]]] = []
+    recon: list[Reconstructor] = [IdentityReconstructor(), *pcas, *saes]
+    for t in settings.ts:
+        recon += [GaussianPosteriorReconstructor(g, t, m) for m in settings.gaussian_modes]
+        recon += prior_reconstructors(priors, names, t, steps, one_step)
+    plan.append((Condition("reconstruct"), recon))
+    for std in settings.noise_stds:
+        t = noise_std_to_t(std)
+        methods: list[Reconstructor] = [IdentityReconstructor(), *pcas, *saes]
+        methods += [GaussianPosteriorReconstructor(g, t, m) for m in settings.gaussian_modes]
+        methods += prior_reconstructors(priors, names, t, steps, one_step)
+        plan.append((Condition("noise", noise_std=std), methods))
+    for vec_name, vector in (steer_vectors or {}).items():
+        unit = vector.float().cpu() / vector.float().norm().clamp_min(1e-12)
+        for scale in settings.steer_scales:
+            methods = [IdentityReconstructor(), *pcas, *saes]
+            for t in settings.steer_ts:
+                methods += [GaussianPosteriorReconstructor(g, t, "mean")]
+                methods += prior_reconstructors(priors, names, t, steps, False)
+            condition = Condition(
+                "steer", steer_vector=unit * mean_norm, steer_scale=scale, steer_name=vec_name
+            )
+            plan.append((condition, methods))
+    return plan

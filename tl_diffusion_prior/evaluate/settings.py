@@ -1,0 +1,170 @@
+"""What an evaluation run measures: every knob, with the full and the ``--quick`` preset."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from tl_diffusion_prior.evaluate.sae_training import SAETrainConfig
+
+
+@dataclass
+class EvalSettings:
+    """Knobs of :func:`~tl_diffusion_prior.evaluate.report.run_evaluation`.
+
+    Cost: every (data set, condition, method, setting) runs the model from the hook to the end
+    once over all windows, and each multi-step prior setting also runs ``prior_num_steps``
+    network evaluations per patched token. On a 2-core CPU the defaults (128 windows of 128
+    tokens, two priors) take hours, dominated by the prior denoising and SAE training; the
+    ``quick`` preset takes about half an hour on a busy 2-core machine.
+
+    Attributes:
+        seq_len: Tokens per held-out window (BOS included); the paper uses 128.
+        max_sequences: Windows per held-out set (the paper: 2048 documents).
+        window_mode: ``"packed"``: rows of the packed, shuffled document stream, as the trainer
+            captures them (held-out rows then follow the training distribution);
+            ``"document"``: the first tokens of each document, as in the paper.
+        windows_per_doc: With ``"document"``: at most this many windows from one document.
+        batch_size: Windows per forward pass.
+        outlier_multiple: Positions whose activation norm exceeds this multiple of the median are
+            left unpatched (as capture keeps them out of training); None patches them too.
+        max_train_rows: Training rows used to fit the Gaussian/PCA baseline and to train SAEs.
+        pca_ks: PCA sizes (values above ``d_model`` are dropped).
+        sae_sizes: ``(expansion factor, k)`` pairs; ``d_sae = factor * d_model``.
+        sae_train: :class:`~tl_diffusion_prior.evaluate.sae_training.SAETrainConfig` fields.
+        ts: Noise levels of the reconstruction sweep (Gaussian posterior and priors).
+        prior_num_steps: Euler/DDPM steps of the multi-step prior reconstructions.
+        one_step: Also evaluate each prior's one-step posterior-mean estimate.
+        gaussian_modes: ``"mean"`` and/or ``"sample"`` for the Gaussian posterior.
+        noise_stds: Restoration noise levels (std in normalised space).
+        steer_scales: Steering scales as multiples of the mean activation norm (the vector is
+            unit-normalised first, as in the paper's ``alpha = r * mean norm``).
+        steer_ts: Noise levels of the Gaussian posterior and the priors in steering restoration.
+        n_fd_samples: Samples per Frechet distance (and train rows of its floor).
+        fd_sample_steps: Sampling steps of the priors for the FD (None: each prior's default).
+        headline_noise_std: Noise std of target (a).
+        headline_t: Noise level of target (b).
+        n_bootstrap: Bootstrap resamples of every interval.
+        seed: Seed of all noise, subsampling and SAE training.
+    """
+
+    seq_len: int = 128
+    max_sequences: int = 128
+    window_mode: str = "packed"
+    windows_per_doc: int = 2
+    batch_size: int = 8
+    outlier_multiple: float | None = 5.0
+    max_train_rows: int = 200_000
+    pca_ks: tuple[int, ...] = (32, 128, 256, 384)
+    sae_sizes: tuple[tuple[int, int], ...] = ((8, 64), (4, 32))
+    sae_train: dict = field(default_factory=lambda: {"steps": 3000, "batch_size": 1024})
+    ts: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+    prior_num_steps: int = 20
+    one_step: bool = True
+    gaussian_modes: tuple[str, ...] = ("mean", "sample")
+    noise_stds: tuple[float, ...] = (0.5, 1.0, 2.0)
+    steer_scales: tuple[float, ...] = (0.25, 0.5)
+    steer_ts: tuple[float, ...] = (0.5,)
+    n_fd_samples: int = 5000
+    fd_sample_steps: int | None = None
+    headline_noise_std: float = 1.0
+    headline_t: float = 0.5
+    n_bootstrap: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "seq_len",
+            "max_sequences",
+            "windows_per_doc",
+            "batch_size",
+            "max_train_rows",
+            "prior_num_steps",
+            "n_fd_samples",
+            "n_bootstrap",
+        ):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        if self.window_mode not in ("packed", "document"):
+            raise ValueError(f"window_mode must be 'packed' or 'document', got {self.window_mode!r}.")
+        if self.seq_len < 3:
+            raise ValueError(f"seq_len must be >= 3, got {self.seq_len}.")
+        self.pca_ks = tuple(int(k) for k in self.pca_ks)
+        self.sae_sizes = tuple((int(f), int(k)) for f, k in self.sae_sizes)
+        for name in ("ts", "steer_ts"):
+            values = tuple(float(t) for t in getattr(self, name))
+            if any(not 0.0 < t <= 1.0 for t in values):
+                raise ValueError(f"{name} must lie in (0, 1], got {values}.")
+            setattr(self, name, values)
+        self.noise_stds = tuple(float(s) for s in self.noise_stds)
+        if any(not s > 0 for s in self.noise_stds):
+            raise ValueError(f"noise_stds must be > 0, got {self.noise_stds}.")
+        self.steer_scales = tuple(float(s) for s in self.steer_scales)
+        if set(self.gaussian_modes) - {"mean", "sample"}:
+            raise ValueError(f"gaussian_modes must be 'mean'/'sample', got {self.gaussian_modes}.")
+        if not 0.0 < self.headline_t <= 1.0:
+            raise ValueError(f"headline_t must be in (0, 1], got {self.headline_t}.")
+        self.sae_train_config()  # validates the SAE fields early
+
+    def sae_train_config(self) -> SAETrainConfig:
+        data = dict(self.sae_train)
+        data.setdefault("seed", self.seed)
+        return SAETrainConfig(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
+        """Settings from JSON-like data (lists for tuples, ints for floats are accepted)."""
+        return cls(**_coerce(data))
+
+    @classmethod
+    def quick(cls, **overrides) -> EvalSettings:
+        """A few minutes on a CPU: small held-out sets, short sweeps, small SAEs."""
+        values = dict(
+            seq_len=64,
+            max_sequences=24,
+            windows_per_doc=1,
+            max_train_rows=20_000,
+            pca_ks=(32, 128),
+            sae_sizes=((4, 32),),
+            sae_train={"steps": 300, "batch_size": 512},
+            ts=(0.25, 0.5),
+            gaussian_modes=("mean",),
+            noise_stds=(1.0,),
+            steer_scales=(0.25,),
+            prior_num_steps=10,
+            n_fd_samples=1000,
+            fd_sample_steps=20,
+            n_bootstrap=500,
+        )
+        values.update(overrides)
+        return cls(**_coerce(values))
+
+
+_FLOAT_FIELDS = ("outlier_multiple", "headline_noise_std", "headline_t")
+_FLOAT_TUPLES = ("ts", "noise_stds", "steer_scales", "steer_ts")
+
+
+def _coerce(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trips turn tuples into lists and 1.0 into 1: restore the declared types."""
+    known = {f.name for f in dataclasses.fields(EvalSettings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown evaluation settings {unknown}; known: {sorted(known)}.")
+    out = dict(data)
+    for name in _FLOAT_FIELDS:
+        if isinstance(out.get(name), int) and not isinstance(out[name], bool):
+            out[name] = float(out[name])
+    for name in _FLOAT_TUPLES:
+        if name in out:
+            out[name] = tuple(float(v) for v in out[name])
+    for name in ("pca_ks", "gaussian_modes"):
+        if name in out:
+            out[name] = tuple(out[name])
+    if "sae_sizes" in out:
+        out["sae_sizes"] = tuple(tuple(pair) for pair in out["sae_sizes"])
+    return out
