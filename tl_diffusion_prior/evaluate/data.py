@@ -4,8 +4,8 @@ Both come from :mod:`tl_diffusion_prior.corpus` (``load_corpus("heldout")`` and
 ``out_of_domain_texts()``, the latter being ``pydoc_data.topics``, which ships with CPython). No
 method is trained on either. They are cut into windows either like the trainer's packed rows
 (:func:`packed_windows`, the default) or as the first tokens of each document
-(:func:`~tl_diffusion_prior.evaluate.fidelity.token_windows`, the paper's protocol). Documents may arrive as strings, dicts with a ``"text"`` key or
-objects with a ``text`` attribute; they are reduced to strings here.
+(:func:`~tl_diffusion_prior.evaluate.fidelity.token_windows`, the paper's protocol). Documents
+may arrive as strings, dicts with a ``"text"`` key or objects with a ``text`` attribute.
 """
 
 from __future__ import annotations
@@ -62,7 +62,11 @@ def out_of_domain_texts() -> list[str]:
 
 
 def packed_windows(
-    model, texts: Sequence[Any], name: str, seq_len: int = 128, max_windows: int = 128,
+    model,
+    texts: Sequence[Any],
+    name: str,
+    seq_len: int = 128,
+    max_windows: int = 128,
     seed: int = 0,
 ) -> TokenSet:
     """Rows of BOS + ``seq_len - 1`` tokens of the packed document stream, exactly as the
@@ -72,8 +76,14 @@ def packed_windows(
     """
     from tl_diffusion_prior.token_source import TextTokenSource
 
-    source = TextTokenSource(list(texts), model.tokenizer, batch_size=max_windows, ctx=seq_len,
-                             shuffle_seed=seed, drop_remainder=False)
+    source = TextTokenSource(
+        list(texts),
+        model.tokenizer,
+        batch_size=max_windows,
+        ctx=seq_len,
+        shuffle_seed=seed,
+        drop_remainder=False,
+    )
     tokens = next(iter(source), None)
     if tokens is None or tokens.shape[0] == 0:
         raise ValueError(f"{name!r} holds too little text for one {seq_len}-token row.")

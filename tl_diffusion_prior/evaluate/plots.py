@@ -69,7 +69,9 @@ def plot_loss_curves(histories: Mapping[str, Mapping[str, Sequence[float]]], pat
     for name, history in histories.items():
         steps = history.get("step") or list(range(len(next(iter(history.values()), []))))
         for column, values in history.items():
-            if column == "step" or len(values) != len(steps):
+            positive = [v for v in values if v == v and v > 0]
+            # A log axis cannot show an all-zero column (e.g. an AuxK loss that never ran).
+            if column == "step" or len(values) != len(steps) or not positive:
                 continue
             ax.plot(steps, values, label=f"{name}: {column}")
     ax.set_xlabel("step")

@@ -45,12 +45,13 @@ from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves
 from tl_diffusion_prior.evaluate.targets import benchmark_targets, best_settings, curve
 from tl_diffusion_prior.normalizer import Normalizer
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.serialization import atomic_write_json
+from tl_diffusion_prior.serialization import atomic_save_safetensors, atomic_write_json
 
 __all__ = ["Baselines", "EvalReport", "fit_baselines", "run_evaluation", "write_report"]
 
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+STEER_VECTORS = "steer_vectors.safetensors"
 
 
 @dataclass
@@ -72,6 +73,7 @@ class EvalReport:
     timings: dict[str, float]
     created: str
     scatter: dict[str, Any] = field(default_factory=dict, repr=False)
+    steer_vectors: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict:
         return {
@@ -185,7 +187,11 @@ def run_evaluation(
         else:
             token_sets = [
                 token_windows(
-                    model, t, name, settings.seq_len, settings.max_sequences,
+                    model,
+                    t,
+                    name,
+                    settings.seq_len,
+                    settings.max_sequences,
                     settings.windows_per_doc,
                 )
                 for name, t in texts.items()
@@ -292,6 +298,7 @@ def run_evaluation(
         timings={k: round(v, 2) for k, v in timings.items()},
         created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         scatter=scatter,
+        steer_vectors={k: v.detach().float().cpu() for k, v in (steer_vectors or {}).items()},
     )
 
 
@@ -339,6 +346,10 @@ def write_report(report: EvalReport, out_dir: str | os.PathLike) -> dict[str, Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {"json": out_dir / REPORT_JSON}
     atomic_write_json(written["json"], report.to_dict())
+    if report.steer_vectors:
+        # The steering-restoration vectors are inputs too: keep them next to the numbers.
+        written["steer_vectors"] = out_dir / STEER_VECTORS
+        atomic_save_safetensors(written["steer_vectors"], report.steer_vectors)
     plot_dir = out_dir / "plots"
     written["loss_curves"] = plots.plot_loss_curves(
         report.loss_histories, plot_dir / "loss_curves.png"

@@ -92,7 +92,16 @@ def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
     )
     out += ["", "## Benchmark targets", ""]
     out += _target_lines(report.targets) or ["- no priors evaluated"]
-    out += ["", "Caveats:", *[f"- {c}" for c in CAVEATS], ""]
+    caveats = list(CAVEATS)
+    d_model = report.baselines[0]["config"]["d_model"] if report.baselines else None
+    n_fd = (report.frechet or {}).get("floor", {}).get("n")
+    if d_model and n_fd and n_fd < 20 * d_model:
+        caveats.append(
+            f"The Frechet distances use {n_fd} samples in {d_model} dimensions: finite-sample "
+            "bias dominates them and compresses every ratio towards 1 (use n_fd_samples >= "
+            f"{20 * d_model} for target (c); the paper used 50,000)."
+        )
+    out += ["", "Caveats:", *[f"- {c}" for c in caveats], ""]
 
     out += [
         "## Held-out data",

@@ -88,7 +88,9 @@ class EvalSettings:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
         if self.window_mode not in ("packed", "document"):
-            raise ValueError(f"window_mode must be 'packed' or 'document', got {self.window_mode!r}.")
+            raise ValueError(
+                f"window_mode must be 'packed' or 'document', got {self.window_mode!r}."
+            )
         if self.seq_len < 3:
             raise ValueError(f"seq_len must be >= 3, got {self.seq_len}.")
         self.pca_ks = tuple(int(k) for k in self.pca_ks)
