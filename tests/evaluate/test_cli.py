@@ -28,7 +28,7 @@ def test_arguments_and_settings():
     assert args.prior == ["a", "b"] and args.out == "r"
     settings = _settings(args)
     assert settings.seed == 3 and settings.pca_ks == (8,)
-    assert settings.max_sequences == 24  # the quick preset
+    assert settings.max_sequences == 16  # the quick preset
     full = _settings(_parse(["--prior", "a", "--out", "r", "--train-rows", "1000"]))
     assert full.max_train_rows == 1000 and full.max_sequences == 128
 

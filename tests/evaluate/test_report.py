@@ -11,6 +11,7 @@ from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.evaluate.steering_curves import steering_curves
 from tl_diffusion_prior.loss_curve import write_loss_csv
+from tl_diffusion_prior.serialization import load_safetensors
 
 HOOK = "blocks.1.hook_resid_post"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -107,6 +108,8 @@ def test_write_report_outputs(tiny_run):
     assert len(data["results"]) == len(report.results)
     assert data["results"][0]["delta_lm"]["n"] >= 1
     assert data["steering"]["points"][0]["method"] == "plain"
+    vectors = load_safetensors(written["steer_vectors"])
+    assert list(vectors) == ["ood-minus-heldout"] and vectors["ood-minus-heldout"].shape == (64,)
     markdown = written["markdown"].read_text()
     for heading in (
         "## Benchmark targets",
@@ -163,3 +166,15 @@ def test_settings_from_json_data():
     settings = EvalSettings.from_dict(json.loads(json.dumps(_settings().to_dict())))
     assert settings == _settings()
     assert EvalSettings.from_dict({"noise_stds": [1, 2], "headline_t": 1}).noise_stds == (1.0, 2.0)
+
+
+def test_window_length_follows_the_priors_capture_context():
+    prior = build_tiny_prior("mlp", d_model=64, hook_name=HOOK)
+    assert EvalSettings().resolved_seq_len([prior]) == 128
+    prior.config.training = {"ctx": 96}
+    assert EvalSettings().resolved_seq_len([prior]) == 96
+    assert EvalSettings(seq_len=32).resolved_seq_len([prior]) == 32
+    other = build_tiny_prior("mlp", d_model=64, hook_name=HOOK)
+    other.config.training = {"ctx": 64}
+    with pytest.raises(ValueError, match="different context lengths"):
+        EvalSettings().resolved_seq_len([prior, other])

@@ -46,7 +46,10 @@ def test_best_setting_per_method_says_why():
 
 def test_benchmark_ratios():
     frechet = {
-        "results": [{"name": "mlp prior samples", "normalized_ratio": 1.5, "raw_ratio": 3.0}]
+        "results": [{"name": "mlp prior samples", "normalized_ratio": 1.5, "raw_ratio": 3.0}],
+        "floor": {"n": 5000},
+        "n_heldout": 4000,
+        "d_model": 100,
     }
     targets = benchmark_targets(
         _results(),
@@ -66,6 +69,17 @@ def test_benchmark_ratios():
     assert vs_pca["fraction_below"] == 1.0 and vs_pca["below"] is True
     assert vs_pca["at_prior_t"]["reference"] == pytest.approx(0.2 + (0.45 - 0.4) / 0.2 * 0.3)
     assert targets["c_frechet"]["mlp prior samples"]["met"] is True
+    assert targets["c_frechet"]["mlp prior samples"]["reliable"] is True
+    frechet["d_model"] = 576  # 4000 held-out rows are < 20 per dimension
+    small = benchmark_targets(
+        _results(),
+        frechet,
+        prior_methods=["mlp prior"],
+        multi_step_prior_methods=["mlp prior"],
+        heldout="heldout",
+        ood=None,
+    )
+    assert small["c_frechet"]["mlp prior samples"]["reliable"] is False
 
 
 def test_missing_inputs_give_no_ratio():

@@ -105,7 +105,11 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         # The same packed batches of the corpus's train split the trainer captures from.
         source = corpus_token_source(
-            model.tokenizer, "train", batch_size=16, ctx=128, shuffle_seed=settings.seed
+            model.tokenizer,
+            "train",
+            batch_size=16,
+            ctx=settings.resolved_seq_len(priors),
+            shuffle_seed=settings.seed,
         )
         train = fill_buffer(model, source, hook_name, settings.max_train_rows)
     if args.baselines:

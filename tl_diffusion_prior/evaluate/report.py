@@ -173,15 +173,15 @@ def run_evaluation(
     if token_sets is None:
         from tl_diffusion_prior.evaluate import data
 
+        seq_len = settings.resolved_seq_len(priors)
+
         texts = {
             "heldout": heldout_texts if heldout_texts is not None else data.heldout_texts(),
             "pydoc": ood_texts if ood_texts is not None else data.out_of_domain_texts(),
         }
         if settings.window_mode == "packed":
             token_sets = [
-                data.packed_windows(
-                    model, t, name, settings.seq_len, settings.max_sequences, settings.seed
-                )
+                data.packed_windows(model, t, name, seq_len, settings.max_sequences, settings.seed)
                 for name, t in texts.items()
             ]
         else:
@@ -190,7 +190,7 @@ def run_evaluation(
                     model,
                     t,
                     name,
-                    settings.seq_len,
+                    seq_len,
                     settings.max_sequences,
                     settings.windows_per_doc,
                 )
@@ -334,6 +334,7 @@ def _frechet_section(
         "floor": floor.to_dict(),
         "results": [r.to_dict() for r in rows],
         "n_heldout": int(heldout.shape[0]),
+        "d_model": int(heldout.shape[1]),
     }
     return frechet, candidates
 

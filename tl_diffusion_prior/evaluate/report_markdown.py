@@ -79,7 +79,12 @@ def _target_lines(targets: dict) -> list[str]:
         lines.append(
             f"- **(c) normalised FD / floor, {name}**: {entry['normalized_ratio']:.3f} (target <= "
             f"{entry['target']}: **{'met' if entry['met'] else 'NOT met'}**); raw-space ratio "
-            f"{entry['raw_ratio']:.3f}."
+            f"{entry['raw_ratio']:.3f}"
+            + (
+                "."
+                if entry.get("reliable", True)
+                else f" (UNRELIABLE: only {entry.get('n_samples')} samples, see caveats)."
+            )
         )
     return lines
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tl_diffusion_prior.evaluate.sae_training import SAETrainConfig
+
+DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
@@ -20,7 +23,10 @@ class EvalSettings:
     ``quick`` preset takes about half an hour on a busy 2-core machine.
 
     Attributes:
-        seq_len: Tokens per held-out window (BOS included); the paper uses 128.
+        seq_len: Tokens per held-out window (BOS included); None: the context length the
+            priors' activations were captured with (``config.training["ctx"]``), else 128.
+            Activation statistics drift with the position, so held-out windows should be as
+            long as the training rows.
         max_sequences: Windows per held-out set (the paper: 2048 documents).
         window_mode: ``"packed"``: rows of the packed, shuffled document stream, as the trainer
             captures them (held-out rows then follow the training distribution);
@@ -41,7 +47,8 @@ class EvalSettings:
         steer_scales: Steering scales as multiples of the mean activation norm (the vector is
             unit-normalised first, as in the paper's ``alpha = r * mean norm``).
         steer_ts: Noise levels of the Gaussian posterior and the priors in steering restoration.
-        n_fd_samples: Samples per Frechet distance (and train rows of its floor).
+        n_fd_samples: Samples per Frechet distance (and train rows of its floor); target (c) is
+            flagged unreliable below 20 per dimension (11,520 for d_model 576).
         fd_sample_steps: Sampling steps of the priors for the FD (None: each prior's default).
         headline_noise_std: Noise std of target (a).
         headline_t: Noise level of target (b).
@@ -49,7 +56,7 @@ class EvalSettings:
         seed: Seed of all noise, subsampling and SAE training.
     """
 
-    seq_len: int = 128
+    seq_len: int | None = None
     max_sequences: int = 128
     window_mode: str = "packed"
     windows_per_doc: int = 2
@@ -66,7 +73,7 @@ class EvalSettings:
     noise_stds: tuple[float, ...] = (0.5, 1.0, 2.0)
     steer_scales: tuple[float, ...] = (0.25, 0.5)
     steer_ts: tuple[float, ...] = (0.5,)
-    n_fd_samples: int = 5000
+    n_fd_samples: int = 12_000
     fd_sample_steps: int | None = None
     headline_noise_std: float = 1.0
     headline_t: float = 0.5
@@ -75,7 +82,6 @@ class EvalSettings:
 
     def __post_init__(self) -> None:
         for name in (
-            "seq_len",
             "max_sequences",
             "windows_per_doc",
             "batch_size",
@@ -91,8 +97,10 @@ class EvalSettings:
             raise ValueError(
                 f"window_mode must be 'packed' or 'document', got {self.window_mode!r}."
             )
-        if self.seq_len < 3:
-            raise ValueError(f"seq_len must be >= 3, got {self.seq_len}.")
+        if self.seq_len is not None and (
+            isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 3
+        ):
+            raise ValueError(f"seq_len must be an int >= 3 or None, got {self.seq_len!r}.")
         self.pca_ks = tuple(int(k) for k in self.pca_ks)
         self.sae_sizes = tuple((int(f), int(k)) for f, k in self.sae_sizes)
         for name in ("ts", "steer_ts"):
@@ -109,6 +117,18 @@ class EvalSettings:
         if not 0.0 < self.headline_t <= 1.0:
             raise ValueError(f"headline_t must be in (0, 1], got {self.headline_t}.")
         self.sae_train_config()  # validates the SAE fields early
+
+    def resolved_seq_len(self, priors: Sequence[Any] = ()) -> int:
+        """``seq_len``, or the priors' capture context length, or 128."""
+        if self.seq_len is not None:
+            return self.seq_len
+        contexts = {p.config.training.get("ctx") for p in priors} - {None}
+        if len(contexts) > 1:
+            raise ValueError(
+                f"The priors were captured with different context lengths {sorted(contexts)}; "
+                "set seq_len explicitly."
+            )
+        return int(contexts.pop()) if contexts else DEFAULT_SEQ_LEN
 
     def sae_train_config(self) -> SAETrainConfig:
         data = dict(self.sae_train)
@@ -127,8 +147,7 @@ class EvalSettings:
     def quick(cls, **overrides) -> EvalSettings:
         """A few minutes on a CPU: small held-out sets, short sweeps, small SAEs."""
         values = dict(
-            seq_len=64,
-            max_sequences=24,
+            max_sequences=16,
             windows_per_doc=1,
             max_train_rows=20_000,
             pca_ks=(32, 128),
