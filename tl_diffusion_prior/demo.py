@@ -50,8 +50,8 @@ class DemoScale:
 
 
 SCALES = {
-    "quick": DemoScale(4_000, 1_000, 64, 8.0, 128, 8, 8),
-    "default": DemoScale(120_000, 8_000, 128, 210.0, 512, 48, 24),
+    "quick": DemoScale(4_000, 1_000, 64, 8.0, 128, 4, 8),
+    "default": DemoScale(120_000, 8_000, 128, 210.0, 512, 16, 24),
     "long": DemoScale(400_000, 16_000, 128, 900.0, 1024, 128, 40),
 }
 
@@ -141,14 +141,17 @@ def demo_eval_settings(scale: DemoScale):
     """Evaluation settings sized to the demo's time budget (see ``EvalSettings`` for each knob)."""
     from tl_diffusion_prior.evaluate.settings import EvalSettings
 
+    small = scale.eval_sequences <= 8
     return EvalSettings.quick(
         max_sequences=scale.eval_sequences,
+        seq_len=scale.ctx,
         max_train_rows=min(scale.n_train, 60_000),
         prior_num_steps=20,
-        ts=(0.25, 0.5),
+        ts=(0.5,),
         sae_sizes=((4, 32), (4, 64)),
-        sae_train={"steps": 600 if scale.eval_sequences > 8 else 50, "batch_size": 512},
-        n_fd_samples=2000 if scale.eval_sequences > 8 else 300,
+        sae_train={"steps": 50 if small else 600, "batch_size": 512},
+        n_fd_samples=300 if small else 2000,
+        n_bootstrap=200 if small else 1000,
     )
 
 
