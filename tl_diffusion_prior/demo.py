@@ -2,7 +2,7 @@
 
 Each stage is a function the tutorials reuse. The default scale fits in ~15 minutes on a 2-core
 CPU; ``--long`` trains on more data for longer; ``--quick`` (or the environment variable
-``TL_DIFFUSION_PRIOR_QUICK=1``) shrinks everything to a smoke test of about a minute.
+``TL_DIFFUSION_PRIOR_QUICK=1``) shrinks everything to a smoke test.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def steer_example(prior_dir: Path, scale: DemoScale, r: float = 0.5) -> None:
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="a ~1 minute smoke test")
+    size.add_argument("--quick", action="store_true", help="a small smoke test (a few minutes)")
     size.add_argument("--long", action="store_true", help="more data and training (~1 hour)")
     parser.add_argument("--out", default="reports/demo", help="report folder")
     parser.add_argument("--device", default=None)
