@@ -1,6 +1,6 @@
 """The end-to-end demo: capture -> train both priors -> evaluate -> steer, on the default model.
 
-Each stage is a function the tutorials reuse. The default scale fits in ~15 minutes on a 2-core
+Each stage is a function the tutorials reuse. The default scale is sized for ~15 minutes on a 2-core
 CPU; ``--long`` trains on more data for longer; ``--quick`` (or the environment variable
 ``TL_DIFFUSION_PRIOR_QUICK=1``) shrinks everything to a smoke test.
 """
