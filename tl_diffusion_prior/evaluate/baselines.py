@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from tl_diffusion_prior.buffer import ActivationRingBuffer
+from tl_diffusion_prior.config_utils import build_config, check_positive_int
 from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from tl_diffusion_prior.normalizer import Normalizer
 from tl_diffusion_prior.serialization import (
@@ -112,19 +113,7 @@ class BaselineConfig:
                 "Import tl_diffusion_prior.evaluate.gaussian / .sae to register the built-in ones."
             )
         target = BASELINE_REGISTRY[kind].config_class
-        known = {f.name for f in dataclasses.fields(target) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown keys {unknown} for {target.__name__}; expected a subset of "
-                f"{sorted(known)}. The file may come from another version of the library."
-            )
-        return target(**data)
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        return build_config(target, data)
 
 
 def register_baseline(kind: str):

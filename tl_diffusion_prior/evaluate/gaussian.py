@@ -27,11 +27,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_diffusion_prior.buffer import ActivationRingBuffer
+from tl_diffusion_prior.config_utils import check_positive_int
 from tl_diffusion_prior.evaluate.baselines import (
     Baseline,
     BaselineConfig,
     activation_rows,
-    check_positive_int,
     register_baseline,
 )
 from tl_diffusion_prior.normalizer import Normalizer

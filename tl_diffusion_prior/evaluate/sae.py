@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from tl_diffusion_prior.config_utils import check_positive_int
 from tl_diffusion_prior.evaluate.baselines import (
     Baseline,
     BaselineConfig,
-    check_positive_int,
     register_baseline,
 )
 

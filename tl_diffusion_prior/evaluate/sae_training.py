@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tl_diffusion_prior.buffer import ActivationRingBuffer
-from tl_diffusion_prior.evaluate.baselines import activation_rows, check_positive_int
+from tl_diffusion_prior.config_utils import check_positive_int
+from tl_diffusion_prior.evaluate.baselines import activation_rows
 from tl_diffusion_prior.evaluate.sae import TopKSAE, TopKSAEConfig
 from tl_diffusion_prior.normalizer import Normalizer
 

@@ -32,6 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from tl_diffusion_prior.config_utils import build_config, check_positive_int
 from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from tl_diffusion_prior.normalizer import Normalizer
 from tl_diffusion_prior.serialization import (
@@ -83,7 +84,7 @@ class PriorConfig:
             )
         if not isinstance(self.architecture, str) or not self.architecture:
             raise ValueError(f"architecture must be a non-empty str, got {self.architecture!r}.")
-        _check_positive_int("d_model", self.d_model)
+        check_positive_int("d_model", self.d_model)
         for name in ("hook_name", "model_name"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
@@ -103,7 +104,7 @@ class PriorConfig:
             raise ValueError(
                 f"training must be JSON-serialisable (it is saved in {CONFIG_NAME}): {exc}"
             ) from exc
-        _check_positive_int("format_version", self.format_version)
+        check_positive_int("format_version", self.format_version)
         if self.format_version > FORMAT_VERSION:
             raise ValueError(
                 f"format_version {self.format_version} is newer than this library supports "
@@ -142,19 +143,7 @@ class PriorConfig:
                 f"format_version {version} is newer than this library supports "
                 f"({FORMAT_VERSION}); upgrade tl_diffusion_prior to load this prior."
             )
-        known = {f.name for f in dataclasses.fields(target) if f.init}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown keys {unknown} for {target.__name__}; expected a subset of "
-                f"{sorted(known)}. The file may come from another version of the library."
-            )
-        return target(**data)
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        return build_config(target, data)
 
 
 def register_prior(name: str):
@@ -283,9 +272,9 @@ class DiffusionPrior(nn.Module, abc.ABC):
         self, n: int, num_steps: int | None = None, generator: torch.Generator | None = None
     ) -> Float[Tensor, "n d_model"]:
         """Draw ``n`` activations (raw space, prior's dtype and device) from pure noise."""
-        _check_positive_int("n", n)
+        check_positive_int("n", n)
         num_steps = self.default_sample_steps if num_steps is None else num_steps
-        _check_positive_int("num_steps", num_steps)
+        check_positive_int("num_steps", num_steps)
         noise = self._randn((n, self.config.d_model), generator)
         z = self._sample_normalized(noise, num_steps)
         return self.normalizer.denormalize(z.float()).to(self.dtype)
@@ -317,7 +306,7 @@ class DiffusionPrior(nn.Module, abc.ABC):
             raise ValueError(
                 f"t_start must be in (0, 1] (0 = clean, 1 = pure noise), got {t_start!r}."
             )
-        _check_positive_int("num_steps", num_steps)
+        check_positive_int("num_steps", num_steps)
         if noise is not None:
             if not isinstance(noise, Tensor) or not noise.is_floating_point():
                 raise TypeError(f"noise must be a float tensor, got {type(noise).__name__}.")

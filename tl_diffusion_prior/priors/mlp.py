@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from tl_diffusion_prior.config_utils import check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     PriorConfig,
-    _check_positive_int,
     register_prior,
 )
 
@@ -73,7 +73,7 @@ class MLPPriorConfig(PriorConfig):
         if self.d_time is None:
             self.d_time = self.time_embed_dim
         for name in ("depth", "d_hidden", "d_mlp", "time_embed_dim", "d_time", "sample_steps"):
-            _check_positive_int(name, getattr(self, name))
+            check_positive_int(name, getattr(self, name))
         if self.time_embed_dim % 2:
             raise ValueError(
                 f"time_embed_dim must be even (cos and sin halves), got {self.time_embed_dim}."

@@ -42,10 +42,10 @@ from diffusers import DDPMScheduler, UNet2DModel
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from tl_diffusion_prior.config_utils import check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     PriorConfig,
-    _check_positive_int,
     register_prior,
 )
 from tl_diffusion_prior.priors.grid import (
@@ -196,7 +196,7 @@ class UNetPriorConfig(PriorConfig):
                     f"scheduler[{key!r}] must be {required!r} for this prior, got "
                     f"{self.scheduler[key]!r}."
                 )
-        _check_positive_int("scheduler.num_train_timesteps", self.scheduler["num_train_timesteps"])
+        check_positive_int("scheduler.num_train_timesteps", self.scheduler["num_train_timesteps"])
         self._check_unet()
         self._check_grid()
         if self.layout not in LAYOUTS:
@@ -210,7 +210,7 @@ class UNetPriorConfig(PriorConfig):
         for name in ("coord_channels", "gaussian_skip", "zero_init_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
-        _check_positive_int("sample_steps", self.sample_steps)
+        check_positive_int("sample_steps", self.sample_steps)
 
     def _check_unet(self) -> None:
         unet, channels = self.unet, self.unet["block_out_channels"]
