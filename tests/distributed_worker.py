@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from priors.helpers import build_tiny_prior  # noqa: E402
 from training_helpers import filled_buffer, tiny_config, tiny_prior  # noqa: E402
 
 from tl_diffusion_prior import distributed  # noqa: E402
@@ -42,6 +43,15 @@ def run(out: Path, name: str, rank: int, crash_at: int | None = None):
     )
 
 
+def run_unet(out: Path, rank: int):
+    """A UNet with a spectral layout and Gaussian skip, both fitted from each rank's own rows."""
+    buffer = filled_buffer(n=200 + 100 * rank, capacity=400, seed=10 + rank)
+    prior = build_tiny_prior("unet", d_model=8, layout="spectral", gaussian_skip=True)
+    train_prior(prior, buffer, tiny_config(steps=2, checkpoint_every=0, eval_every=0))
+    tensors = {f"prior/{k}": v for k, v in prior.state_dict().items()}
+    atomic_save_safetensors(out / f"unet_rank{rank}.safetensors", tensors)
+
+
 def main() -> int:
     out = Path(sys.argv[1])
     env = distributed.init_from_env("cpu")
@@ -54,6 +64,7 @@ def main() -> int:
         except SimulatedCrash:
             pass
         run(out, "resumed", env.rank)
+        run_unet(out, env.rank)
     finally:
         distributed.cleanup()
     return 0

@@ -54,7 +54,7 @@ class RecordingPrior(DiffusionPrior):
     def _sample_normalized(self, noise, num_steps):
         return noise
 
-    def gaussian_reference_loss(self, cov_eigenvalues):
+    def gaussian_reference_loss(self, cov_eigenvalues, data_second_moments=None):
         return 0.0
 
     def recorded_positions(self, seed: int, batch: int, length: int) -> set[tuple[int, int]]:

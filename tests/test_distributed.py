@@ -67,6 +67,12 @@ def test_two_rank_training_syncs_stats_and_weights_and_resumes(tmp_path):
     std = (union.var(0, correction=0) + 1e-5).sqrt().float()
     torch.testing.assert_close(full[0]["prior/normalizer.std"], std)
 
+    # State fitted from data (the UNet's layout and Gaussian skip) is rank 0's on every rank.
+    unet = [load_safetensors(tmp_path / f"unet_rank{r}.safetensors") for r in (0, 1)]
+    assert any("gaussian" in key for key in unet[0]) and unet[0].keys() == unet[1].keys()
+    for key in unet[0]:
+        assert torch.equal(unet[0][key], unet[1][key]), key
+
     results = [json.loads((tmp_path / f"full_rank{r}.json").read_text()) for r in (0, 1)]
     assert results[0] == results[1] and results[0]["steps"] == 8  # val loss reduced over ranks
     checkpoint = tmp_path / "full" / "step_00000008"

@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from priors.helpers import build_tiny_prior
 from training_helpers import synthetic_activations, tiny_prior
 
 from tl_diffusion_prior.gaussian_reference import (
@@ -37,3 +38,33 @@ def test_bad_inputs():
         gaussian_reference(prior, torch.zeros(10, 6))
     with pytest.raises(ValueError, match="at least 2"):
         gaussian_reference(prior, torch.zeros(1, 8))
+
+
+def test_held_out_reference_is_the_loss_of_the_fitted_linear_predictor():
+    """A UNet whose output layer is zero is exactly its Gaussian skip: the optimal linear noise
+    predictor for the rows it was fitted on. Its Monte-Carlo loss on other rows (here with a
+    shifted mean and rescaled dims) matches the held-out reference, not the in-sample one."""
+    d = 8
+    prior = build_tiny_prior("unet", d_model=d, gaussian_skip=True, zero_init_output=True)
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(d, d, generator=gen) / math.sqrt(d)
+    fit = torch.randn(20000, d, generator=gen) @ mix * torch.linspace(0.3, 3.0, d)
+    held_out = (torch.randn(60000, d, generator=gen) @ mix) * torch.linspace(0.5, 2.0, d) + 0.3
+    prior.set_normalization(fit.double().mean(0), fit.double().var(0))
+    prior.fit_data(fit)
+    with torch.no_grad():
+        mc = prior.loss(held_out, generator=torch.Generator().manual_seed(1)).item()
+    held_out_ref = gaussian_reference(prior, held_out, fit_activations=fit)
+    in_sample = gaussian_reference(prior, held_out)
+    assert held_out_ref.n_fit_rows == 20000 and held_out_ref.n_rows == 60000
+    assert held_out_ref.loss == pytest.approx(mc, rel=0.02)
+    assert in_sample.loss < 0.9 * held_out_ref.loss
+
+
+def test_reference_fitted_and_scored_on_the_same_rows_is_the_in_sample_one():
+    prior = tiny_prior()
+    x = synthetic_activations(500)
+    prior.set_normalization(x.double().mean(0), x.double().var(0))
+    assert gaussian_reference(prior, x, fit_activations=x).loss == pytest.approx(
+        gaussian_reference(prior, x).loss, rel=1e-9
+    )

@@ -8,6 +8,7 @@ from tl_diffusion_prior.priors import PRIOR_REGISTRY, load_prior
 from tl_diffusion_prior.train import add_train_arguments, run_train
 from tl_diffusion_prior.train_cli import (
     PRESETS,
+    PRIOR_PRESETS,
     build_prior_config,
     build_train_config,
 )
@@ -28,6 +29,17 @@ def test_preset_fills_unset_options_and_flags_override():
     assert config.time_budget_s == 30 and config.checkpoint_dir == "x.checkpoints"
     paper = build_train_config(parse("--out", "x", "--preset", "paper"), "c")
     assert paper.lr == 5e-5 and paper.batch_size == 4096
+
+
+def test_cpu_preset_is_sized_per_design():
+    unet = build_train_config(parse("--out", "x", "--prior", "unet"), "c")
+    assert unet.batch_size == PRIOR_PRESETS["unet"]["cpu"]["batch_size"] == 256
+    assert unet.steps == 600 and unet.lr == 1e-3
+    assert unet.val_size == PRESETS["cpu"]["val_activations"]  # shared fields still apply
+    mlp = build_train_config(parse("--out", "x", "--prior", "mlp"), "c")
+    assert mlp.batch_size == PRESETS["cpu"]["batch_size"] and mlp.steps == 1200
+    flagged = build_train_config(parse("--out", "x", "--prior", "unet", "--batch-size", "64"), "c")
+    assert flagged.batch_size == 64
 
 
 def test_prior_options_and_presets():

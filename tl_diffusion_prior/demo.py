@@ -11,7 +11,7 @@ import argparse
 import json
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from tl_diffusion_prior.priors.mlp import MLPPrior, MLPPriorConfig
 from tl_diffusion_prior.priors.unet import UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.token_source import corpus_token_source
 from tl_diffusion_prior.train import TrainConfig, TrainResult, train_prior
+from tl_diffusion_prior.train_cli import PRIOR_PRESETS
 
 
 @dataclass
@@ -38,6 +39,8 @@ class DemoScale:
         batch_size: training batch size.
         eval_sequences: held-out sequences per evaluation set.
         max_new_tokens: tokens generated in the steering example.
+        eval_settings: ``EvalSettings`` fields over its ``quick`` preset (see
+            :func:`demo_eval_settings`).
     """
 
     n_train: int
@@ -47,12 +50,65 @@ class DemoScale:
     batch_size: int
     eval_sequences: int
     max_new_tokens: int
+    eval_settings: dict = field(default_factory=dict)
 
 
+# Sizes for ~15 minutes on an idle 2-core CPU at "default" (the UNet's 20-step denoising dominates
+# the evaluation); "long" trains SAEs and priors properly and sweeps more.
 SCALES = {
-    "quick": DemoScale(4_000, 1_000, 64, 8.0, 128, 4, 8),
-    "default": DemoScale(120_000, 8_000, 128, 210.0, 512, 16, 24),
-    "long": DemoScale(400_000, 16_000, 128, 900.0, 1024, 128, 40),
+    "quick": DemoScale(
+        4_000,
+        1_000,
+        64,
+        8.0,
+        128,
+        4,
+        8,
+        eval_settings=dict(
+            sae_train={"steps": 50, "batch_size": 512},
+            n_fd_samples=300,
+            n_bootstrap=200,
+            steer_curve_scales=(0.25,),
+            steer_curve_concepts=1,
+            steer_curve_tokens=8,
+        ),
+    ),
+    "default": DemoScale(
+        100_000,
+        8_000,
+        128,
+        150.0,
+        512,
+        8,
+        24,
+        eval_settings=dict(
+            max_train_rows=60_000,
+            sae_train={"steps": 600, "batch_size": 512},
+            n_fd_samples=2000,
+            steer_curve_scales=(0.1, 0.25, 0.5),
+            steer_curve_concepts=2,
+            steer_curve_tokens=12,
+        ),
+    ),
+    "long": DemoScale(
+        400_000,
+        16_000,
+        128,
+        900.0,
+        1024,
+        128,
+        40,
+        eval_settings=dict(
+            max_train_rows=200_000,
+            ts=(0.25, 0.5, 0.75),
+            sae_train={"steps": 3000, "batch_size": 1024},
+            n_fd_samples=12_000,
+            steer_curve_scales=(0.1, 0.25, 0.5, 0.75),
+            steer_curve_concepts=3,
+            steer_curve_prompts=3,
+            steer_curve_tokens=24,
+        ),
+    ),
 }
 
 
@@ -118,7 +174,7 @@ def train_demo_prior(
     config = TrainConfig(
         steps=steps,
         batch_size=scale.batch_size,
-        lr=1e-3 if name == "mlp" else 2e-3,
+        lr=PRIOR_PRESETS[prior.config.architecture]["cpu"]["lr"],
         eval_every=max(1, steps // 4),
         log_every=max(1, steps // 50),
         val_size=min(len(val_acts), 4096),
@@ -129,8 +185,9 @@ def train_demo_prior(
     print(f"{name}: {prior.num_parameters:,} parameters, {steps} steps of {scale.batch_size}")
     result = train_prior(prior, buffer, config, val_activations=val_acts, resume=False)
     print(
-        f"{name}: val loss {result.final_val_loss:.4f} vs Gaussian reference "
-        f"{result.gaussian_reference:.4f} (ratio {result.val_over_reference:.3f}); "
+        f"{name}: val loss {result.initial_val_loss:.4f} -> {result.final_val_loss:.4f} vs "
+        f"Gaussian reference {result.gaussian_reference:.4f} (ratio "
+        f"{result.val_over_reference:.3f}); "
         f"{result.samples_per_s:,.0f} samples/s"
     )
     prior.save_pretrained(out / "priors" / name)
@@ -141,18 +198,19 @@ def demo_eval_settings(scale: DemoScale):
     """Evaluation settings sized to the demo's time budget (see ``EvalSettings`` for each knob)."""
     from tl_diffusion_prior.evaluate.settings import EvalSettings
 
-    small = scale.eval_sequences <= 8
-    return EvalSettings.quick(
+    values = dict(
         max_sequences=scale.eval_sequences,
         seq_len=scale.ctx,
-        max_train_rows=min(scale.n_train, 60_000),
+        max_train_rows=scale.n_train,
         prior_num_steps=20,
         ts=(0.5,),
         sae_sizes=((4, 32), (4, 64)),
-        sae_train={"steps": 50 if small else 600, "batch_size": 512},
-        n_fd_samples=300 if small else 2000,
-        n_bootstrap=200 if small else 1000,
+        fd_sample_steps=20,
+        n_bootstrap=1000,
+        steer_curve_prompts=2,
     )
+    values.update(scale.eval_settings)
+    return EvalSettings.quick(**values)
 
 
 def evaluate_demo(model, priors: dict, buffer, scale: DemoScale, out: Path) -> dict:
@@ -238,6 +296,7 @@ def run_demo(args) -> int:
     summary["training"] = {
         name: {
             "parameters": priors[name].num_parameters,
+            "initial_val_loss": r.initial_val_loss,
             "val_loss": r.final_val_loss,
             "gaussian_reference": r.gaussian_reference,
             "val_over_reference": r.val_over_reference,

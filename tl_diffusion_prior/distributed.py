@@ -146,3 +146,14 @@ def all_reduce_max(tensor: Tensor) -> Tensor:
     if is_distributed():
         dist.all_reduce(out, op=dist.ReduceOp.MAX)
     return out
+
+
+def broadcast_buffers_from_main(module: torch.nn.Module) -> None:
+    """Overwrite every buffer of ``module`` with rank 0's, in place; a no-op in a single process.
+
+    For state fitted from each rank's own rows (the UNet's layout and Gaussian skip), which DDP
+    does not synchronise (it only broadcasts parameters at construction).
+    """
+    if is_distributed():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src=0)

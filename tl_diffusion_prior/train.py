@@ -39,6 +39,7 @@ from tl_diffusion_prior.buffer import ActivationRingBuffer
 from tl_diffusion_prior.constants import LOSS_CSV_NAME, LOSS_PNG_NAME
 from tl_diffusion_prior.gaussian_reference import gaussian_reference
 from tl_diffusion_prior.loss_curve import (
+    HISTORY_COLUMNS,
     LossMonitor,
     NonFiniteLossError,
     plot_loss_curve,
@@ -61,8 +62,9 @@ __all__ = [
     "train_prior",
 ]
 
-# Rows handed to a design's `fit_data` (the UNet's layout and Gaussian skip need a few thousand).
-_FIT_ROWS = 16384
+# Training rows the Gaussian reference is fitted on, also handed to a design's `fit_data` (the
+# UNet's layout and Gaussian skip).
+_FIT_ROWS = 32768
 # Config fields that may change between an interrupted run and its resumption without a warning.
 _RESUMABLE_CHANGES = {
     "progress",
@@ -108,6 +110,13 @@ class TrainResult:
         if self.gaussian_reference <= 0:
             return math.nan
         return self.final_val_loss / self.gaussian_reference
+
+    @property
+    def initial_val_loss(self) -> float | None:
+        """Validation loss of the weights the run started from (measured with the same noise)."""
+        return next(
+            (r["val_loss"] for r in self.history if r["step"] == 0 and r.get("val_loss")), None
+        )
 
 
 class _LossModule(nn.Module):
@@ -190,12 +199,16 @@ def train_prior(
     if state is not None:
         ckpt.load_prior_weights(prior, state)
         _warn_on_config_change(state.meta["config"], config)
-    elif not prior.normalizer.is_fitted:
+    fit_rows = None
+    if state is None:
+        generator = torch.Generator(device=buffer.device).manual_seed(_seed(config.seed, 4))
+        fit_rows = buffer.sample(_FIT_ROWS, generator=generator, hook=hook_index)
+    if state is None and not prior.normalizer.is_fitted:
         prior.set_normalization(*_global_normalization(buffer, hook_index))
         fit_data = getattr(prior, "fit_data", None)
         if callable(fit_data):
-            generator = torch.Generator(device=buffer.device).manual_seed(_seed(config.seed, 4))
-            fit_data(buffer.sample(_FIT_ROWS, generator=generator, hook=hook_index))
+            fit_data(fit_rows)
+            distributed.broadcast_buffers_from_main(prior)
 
     # 2. Model, optimizer, EMA, generators; then everything a checkpoint restores.
     prior.train()
@@ -230,10 +243,15 @@ def train_prior(
         elapsed_before = float(state.meta["elapsed_s"])
         samples_seen = int(state.meta["samples_seen"])
 
-    # 3. Validation rows and the Gaussian reference they imply.
+    # 3. Validation rows and the Gaussian reference: a Gaussian fitted on training rows, scored on
+    # the validation rows (a resumed run keeps the one its first session computed).
     eval_prior = copy.deepcopy(prior).eval()
     val_rows = _validation_rows(buffer, hook_index, val_activations, config, rank)
-    reference = gaussian_reference(prior, val_rows).loss
+    if state is not None:
+        reference = float(state.meta["gaussian_reference"])
+    else:
+        reference = gaussian_reference(prior, val_rows, fit_activations=fit_rows).loss
+        del fit_rows
 
     def ema_weights(target: DiffusionPrior) -> DiffusionPrior:
         if ema is not None:
@@ -264,7 +282,19 @@ def train_prior(
             _write_curves(run_dir, history, reference, prior)
         return path
 
-    # 4. The loop.
+    # 4. The loop, after the validation loss of the starting weights: for a design that starts at
+    # a known point (the UNet's zero-initialised residual on its Gaussian skip) the gain over it
+    # is measured with the same validation noise, free of the reference's Monte-Carlo error.
+    if state is None:
+        initial = _validation_loss(ema_weights(eval_prior), val_rows, config, device)
+        history.append(
+            {**dict.fromkeys(HISTORY_COLUMNS), "step": 0, "elapsed_s": 0.0, "val_loss": initial}
+        )
+        if rank == 0 and config.progress:
+            print(
+                f"step 0: val loss {initial:.4f} | Gaussian reference {reference:.4f} | "
+                f"ratio {initial / reference:.3f}"
+            )
     session_start = time.perf_counter()
     monitor = LossMonitor(device)
     rows_per_step = config.batch_size * world_size
@@ -495,6 +525,7 @@ def _record_provenance(
         "steps": result.steps,
         "samples_seen": result.samples_seen,
         "world_size": world_size,
+        "initial_val_loss": result.initial_val_loss,
         "final_val_loss": result.final_val_loss,
         "gaussian_reference_loss": result.gaussian_reference,
         "val_over_reference": result.val_over_reference,

@@ -203,3 +203,24 @@ def test_denoise_pulls_perturbed_points_back_to_the_manifold(trained):
     before = manifold.distance_to_manifold(perturbed).mean()
     after = manifold.distance_to_manifold(denoised).mean()
     assert after < 0.5 * before
+
+
+def test_mismatched_gaussian_reference_matches_monte_carlo():
+    """The linear predictor built for variances lam, scored on data of variances m."""
+    prior = build_tiny_prior("mlp", d_model=6)
+    lam = torch.tensor([1e-3, 0.05, 0.3, 1.0, 2.5, 40.0], dtype=torch.float64)
+    m = lam * torch.tensor([3.0, 0.5, 1.2, 1.0, 0.8, 1.5], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    n = 400_000
+    x = torch.randn(n, 6, generator=gen, dtype=torch.float64) * m.sqrt()
+    eps = torch.randn(n, 6, generator=gen, dtype=torch.float64)
+    t = torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    z_t = (1 - t) * x + t * eps
+    gain = (t - (1 - t) * lam) / ((1 - t) ** 2 * lam + t**2)
+    mc = ((eps - x) - gain * z_t).square().mean().item()
+    ref = prior.gaussian_reference_loss(lam, m)
+    assert ref == pytest.approx(mc, rel=0.01)
+    assert ref > prior.gaussian_reference_loss(m)  # the predictor built for m does better on m
+    assert prior.gaussian_reference_loss(lam, lam) == pytest.approx(
+        prior.gaussian_reference_loss(lam), rel=1e-9
+    )

@@ -128,7 +128,16 @@ def plot_steering_pareto(curves: SteeringCurves | None, path) -> Path:
         pts = sorted(
             (p.scale, p.concept.mean, p.fluency.mean) for p in curves.points if p.method == method
         )
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=method)
+        line = ax.plot([p[1] for p in pts], [p[2] for p in pts], marker="o", label=method)[0]
+        for scale, x, y in pts:
+            ax.annotate(
+                f"{scale:g}",
+                (x, y),
+                fontsize=6,
+                color=line.get_color(),
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
     front = [curves.points[i] for i in curves.front]
     ax.plot(
         [p.concept.mean for p in front],
@@ -140,6 +149,7 @@ def plot_steering_pareto(curves: SteeringCurves | None, path) -> Path:
     ax.set_xlabel("concept score (higher is better)")
     better = "higher" if curves.fluency_higher_is_better else "lower"
     ax.set_ylabel(f"fluency ({better} is better)")
+    ax.set_title("Steering: concept vs fluency (labels: scale r)")
     ax.legend(fontsize=7)
     return _save(fig, path)
 

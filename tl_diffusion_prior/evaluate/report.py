@@ -24,6 +24,11 @@ from torch import Tensor
 from tl_diffusion_prior.buffer import ActivationRingBuffer
 from tl_diffusion_prior.evaluate import plots
 from tl_diffusion_prior.evaluate.baselines import activation_rows
+from tl_diffusion_prior.evaluate.concept_steering import (
+    DEFAULT_CONCEPTS,
+    DEFAULT_PROMPTS,
+    concept_steering_curves,
+)
 from tl_diffusion_prior.evaluate.fidelity import (
     CleanPass,
     FidelityResult,
@@ -143,7 +148,8 @@ def run_evaluation(
         steer_vectors: Raw-space directions for the steering restoration; default: the difference
             of means between the out-of-domain and the in-domain held-out activations.
         baselines: Reuse fitted baselines instead of fitting them here.
-        steering: Precomputed steering curves (see ``steering_curves``) to include.
+        steering: Precomputed steering curves to include; default: computed here with
+            ``concept_steering_curves`` when ``settings.steer_curve_scales`` is non-empty.
     """
     settings = settings or EvalSettings()
     started = time.perf_counter()
@@ -240,6 +246,25 @@ def run_evaluation(
                     f"({result.seconds:.1f}s)",
                 )
     timings["fidelity_s"] = time.perf_counter() - fidelity_started
+
+    if steering is None and settings.steer_curve_scales:
+        _log(progress, "steering curves (plain steering and each prior)")
+        steering_started = time.perf_counter()
+        steering = concept_steering_curves(
+            model,
+            hook_name,
+            dict(zip(names, priors, strict=True)),
+            settings.steer_curve_scales,
+            reference_norm=mean_norm,
+            concepts=DEFAULT_CONCEPTS[: settings.steer_curve_concepts],
+            prompts=DEFAULT_PROMPTS[: settings.steer_curve_prompts],
+            max_new_tokens=settings.steer_curve_tokens,
+            t_start=settings.headline_t,
+            num_steps=settings.prior_num_steps,
+            seed=settings.seed,
+            n_resamples=settings.n_bootstrap,
+        )
+        timings["steering_s"] = time.perf_counter() - steering_started
 
     _log(progress, "Frechet distances")
     fd_started = time.perf_counter()

@@ -18,6 +18,10 @@ CAVEATS = [
 ]
 
 
+def _ci(interval) -> str:
+    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
+
+
 def _fmt(value, digits: int = 4) -> str:
     if value is None:
         return "n/a"
@@ -178,16 +182,23 @@ def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
 
     out += ["", "## Steering", ""]
     if report.steering is None:
-        out.append("Steering curves were not run (pass `steering=` to run_evaluation).")
+        out.append("Steering curves were not run (`steer_curve_scales` was empty).")
     else:
-        front = [report.steering.points[i] for i in report.steering.front]
-        out.append(
-            "Pareto front (concept, fluency): "
-            + "; ".join(
-                f"{p.method} @ {p.scale:g}: ({p.concept.mean:.3f}, {p.fluency.mean:.3f})"
-                for p in front
+        curves = report.steering
+        out += [
+            "Greedy continuations steered towards each concept at relative scale r. Concept lift: "
+            "log-probability of the concept's words vs the unsteered continuation (higher is more "
+            "on-concept); NLL: the continuation under the unsteered model (lower is more fluent). "
+            "95% bootstrap intervals over (concept, prompt) pairs; * marks the Pareto front.",
+            "",
+            "| method | r | concept lift | NLL | n |",
+            "|---|---|---|---|---|",
+        ]
+        for i, p in sorted(enumerate(curves.points), key=lambda ip: (ip[1].method, ip[1].scale)):
+            star = " *" if i in curves.front else ""
+            out.append(
+                f"| {p.method}{star} | {p.scale:g} | {_ci(p.concept)} | {_ci(p.fluency)} | {p.n} |"
             )
-        )
 
     out += ["", "## Figures", ""]
     out += [

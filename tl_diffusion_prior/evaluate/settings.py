@@ -50,6 +50,11 @@ class EvalSettings:
         n_fd_samples: Samples per Frechet distance (and train rows of its floor); target (c) is
             flagged unreliable below 20 per dimension (11,520 for d_model 576).
         fd_sample_steps: Sampling steps of the priors for the FD (None: each prior's default).
+        steer_curve_scales: Relative scales of the concept-vs-fluency steering curves (plain
+            steering and each prior; see ``evaluate.concept_steering``); empty skips them.
+        steer_curve_concepts: How many of ``concept_steering.DEFAULT_CONCEPTS`` to steer towards.
+        steer_curve_prompts: How many of ``concept_steering.DEFAULT_PROMPTS`` to continue.
+        steer_curve_tokens: Greedy tokens generated per continuation.
         headline_noise_std: Noise std of target (a).
         headline_t: Noise level of target (b).
         n_bootstrap: Bootstrap resamples of every interval.
@@ -75,6 +80,10 @@ class EvalSettings:
     steer_ts: tuple[float, ...] = (0.5,)
     n_fd_samples: int = 12_000
     fd_sample_steps: int | None = None
+    steer_curve_scales: tuple[float, ...] = (0.1, 0.25, 0.5)
+    steer_curve_concepts: int = 3
+    steer_curve_prompts: int = 3
+    steer_curve_tokens: int = 16
     headline_noise_std: float = 1.0
     headline_t: float = 0.5
     n_bootstrap: int = 2000
@@ -89,6 +98,9 @@ class EvalSettings:
             "prior_num_steps",
             "n_fd_samples",
             "n_bootstrap",
+            "steer_curve_concepts",
+            "steer_curve_prompts",
+            "steer_curve_tokens",
         ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -112,6 +124,7 @@ class EvalSettings:
         if any(not s > 0 for s in self.noise_stds):
             raise ValueError(f"noise_stds must be > 0, got {self.noise_stds}.")
         self.steer_scales = tuple(float(s) for s in self.steer_scales)
+        self.steer_curve_scales = tuple(float(s) for s in self.steer_curve_scales)
         if set(self.gaussian_modes) - {"mean", "sample"}:
             raise ValueError(f"gaussian_modes must be 'mean'/'sample', got {self.gaussian_modes}.")
         if not 0.0 < self.headline_t <= 1.0:
@@ -157,6 +170,10 @@ class EvalSettings:
             gaussian_modes=("mean",),
             noise_stds=(1.0,),
             steer_scales=(0.25,),
+            steer_curve_scales=(0.25,),
+            steer_curve_concepts=1,
+            steer_curve_prompts=2,
+            steer_curve_tokens=8,
             prior_num_steps=10,
             n_fd_samples=1000,
             fd_sample_steps=20,
@@ -167,7 +184,7 @@ class EvalSettings:
 
 
 _FLOAT_FIELDS = ("outlier_multiple", "headline_noise_std", "headline_t")
-_FLOAT_TUPLES = ("ts", "noise_stds", "steer_scales", "steer_ts")
+_FLOAT_TUPLES = ("ts", "noise_stds", "steer_scales", "steer_ts", "steer_curve_scales")
 
 
 def _coerce(data: dict[str, Any]) -> dict[str, Any]:

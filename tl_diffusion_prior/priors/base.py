@@ -224,11 +224,18 @@ class DiffusionPrior(nn.Module, abc.ABC):
         """Integrate from pure noise to ``t = 0`` in ``num_steps`` network evaluations."""
 
     @abc.abstractmethod
-    def gaussian_reference_loss(self, cov_eigenvalues: Float[Tensor, " d"]) -> float:
+    def gaussian_reference_loss(
+        self,
+        cov_eigenvalues: Float[Tensor, " d"],
+        data_second_moments: Float[Tensor, " d"] | None = None,
+    ) -> float:
         """Loss of the optimal denoiser for a Gaussian with these normalised-covariance eigenvalues.
 
         Same objective and reduction as :meth:`loss`; compare it to a held-out loss to see how much
-        the prior has learned beyond second-order statistics.
+        the prior has learned beyond second-order statistics. Without ``data_second_moments`` the
+        denoiser is scored on the Gaussian it was built for; with them, on data whose second
+        moment about the Gaussian's mean along eigenvector ``i`` is ``data_second_moments[i]``
+        (the held-out loss of a Gaussian denoiser fitted on other rows).
         """
 
     @property
@@ -432,3 +439,29 @@ def load_prior(
 ) -> DiffusionPrior:
     """Load a saved prior of whatever architecture its ``config.json`` names."""
     return DiffusionPrior.from_pretrained(directory, device=device, dtype=dtype)
+
+
+def check_cov_eigenvalues(values: Tensor, d_model: int, name: str = "cov_eigenvalues") -> Tensor:
+    """``values`` as a float64 CPU spectrum of ``d_model`` non-negative numbers, or a clear error.
+
+    Round-off leaves the smallest eigenvalues of a PSD covariance a hair below zero; those are
+    clamped, anything clearly negative is refused.
+    """
+    if not isinstance(values, Tensor) or not values.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {type(values).__name__}.")
+    lam = values.detach().to("cpu", torch.float64)
+    if lam.shape != (d_model,):
+        raise ValueError(
+            f"{name} must hold one value per eigen-direction of the normalised data covariance, "
+            f"all d_model={d_model} of them (the loss averages over every dim), got shape "
+            f"{tuple(lam.shape)}."
+        )
+    if not torch.isfinite(lam).all():
+        raise ValueError(f"{name} contains NaN or inf.")
+    tol = 1e-6 * max(float(lam.abs().max()), 1.0)
+    if float(lam.min()) < -tol:
+        raise ValueError(
+            f"{name} must be non-negative (a covariance spectrum), got a minimum of "
+            f"{float(lam.min()):.3g}."
+        )
+    return lam.clamp_min(0.0)

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
@@ -27,6 +28,7 @@ from tl_diffusion_prior.config_utils import check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     PriorConfig,
+    check_cov_eigenvalues,
     register_prior,
 )
 
@@ -226,38 +228,47 @@ class MLPPrior(DiffusionPrior):
             state.add_(self.network(state.to(dtype), mods[k]), alpha=dt)
         return state.to(dtype)
 
-    def gaussian_reference_loss(self, cov_eigenvalues: Float[Tensor, " d"]) -> float:
-        """Closed form ``mean_i (pi / 2) sqrt(lam_i)``.
+    def gaussian_reference_loss(
+        self,
+        cov_eigenvalues: Float[Tensor, " d"],
+        data_second_moments: Float[Tensor, " d"] | None = None,
+    ) -> float:
+        """Closed form ``mean_i (pi / 2) sqrt(lam_i)``, or its generalisation to other data.
 
         For ``x ~ N(0, lam)`` per eigen-direction, the MMSE of ``eps - x`` given
         ``z_t = (1 - t) x + t eps`` is ``lam / ((1 - t)^2 lam + t^2)``, and its integral over
         ``t in [0, 1]`` is ``sqrt(lam) (atan(1 / sqrt(lam)) + atan(sqrt(lam)))``, which is
         ``(pi / 2) sqrt(lam)``.
         The loss averages over dims, so this averages over the ``d_model`` eigenvalues.
+
+        With ``data_second_moments`` ``m_i``, the same linear predictor (built for variances
+        ``lam_i``) is scored on data whose second moment along eigenvector ``i`` is ``m_i``:
+        ``E(v - a z)^2 = 1 + m - 2 a (t - (1 - t) m) + a^2 ((1 - t)^2 m + t^2)`` with
+        ``a = (t - (1 - t) lam) / ((1 - t)^2 lam + t^2)``, integrated over ``t`` numerically.
         """
-        lam = _check_eigenvalues(cov_eigenvalues, self.config.d_model)
-        return float((math.pi / 2) * lam.sqrt().mean())
+        lam = check_cov_eigenvalues(cov_eigenvalues, self.config.d_model)
+        if data_second_moments is None:
+            return float((math.pi / 2) * lam.sqrt().mean())
+        m = check_cov_eigenvalues(data_second_moments, self.config.d_model, "data_second_moments")
+        t, weights = _unit_interval_quadrature()
+        t, lam, m = t[:, None], lam[None, :], m[None, :]
+        gain = (t - (1 - t) * lam) / ((1 - t) ** 2 * lam + t**2)
+        mse = 1 + m - 2 * gain * (t - (1 - t) * m) + gain**2 * ((1 - t) ** 2 * m + t**2)
+        return float((weights[:, None] * mse).sum(0).mean())
 
 
-def _check_eigenvalues(cov_eigenvalues: Tensor, d_model: int) -> Tensor:
-    if not isinstance(cov_eigenvalues, Tensor) or not cov_eigenvalues.is_floating_point():
-        raise TypeError(
-            f"cov_eigenvalues must be a float tensor, got {type(cov_eigenvalues).__name__}."
-        )
-    lam = cov_eigenvalues.detach().to("cpu", torch.float64)
-    if lam.shape != (d_model,):
-        raise ValueError(
-            f"cov_eigenvalues must hold all d_model={d_model} eigenvalues of the normalised data "
-            f"covariance (the loss averages over every dim), got shape {tuple(lam.shape)}."
-        )
-    if not torch.isfinite(lam).all():
-        raise ValueError("cov_eigenvalues contains NaN or inf.")
-    # eigvalsh of a PSD covariance returns tiny negative values from round-off; anything clearly
-    # negative means the input is not a covariance spectrum.
-    tol = 1e-6 * max(float(lam.abs().max()), 1.0)
-    if float(lam.min()) < -tol:
-        raise ValueError(
-            f"cov_eigenvalues must be non-negative (a covariance spectrum), got a minimum of "
-            f"{float(lam.min()):.3g}."
-        )
-    return lam.clamp_min(0.0)
+def _unit_interval_quadrature(
+    nodes_per_panel: int = 48,
+) -> tuple[Float[Tensor, " n"], Float[Tensor, " n"]]:
+    """Gauss-Legendre nodes and weights on [0, 1], on panels [0, 1e-9], [1e-9, 1e-8], ..., [0.1, 1].
+
+    The flow loss of a direction with variance ``lam`` changes on the scale ``t ~ sqrt(lam)``, so
+    geometric panels resolve it for every eigenvalue down to ~1e-16.
+    """
+    x, w = np.polynomial.legendre.leggauss(nodes_per_panel)
+    edges = [0.0] + [10.0**k for k in range(-9, 1)]
+    ts, ws = [], []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        ts.append((hi - lo) / 2 * x + (hi + lo) / 2)
+        ws.append((hi - lo) / 2 * w)
+    return torch.from_numpy(np.concatenate(ts)), torch.from_numpy(np.concatenate(ws))

@@ -46,6 +46,7 @@ from tl_diffusion_prior.config_utils import check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     PriorConfig,
+    check_cov_eigenvalues,
     register_prior,
 )
 from tl_diffusion_prior.priors.grid import (
@@ -54,7 +55,6 @@ from tl_diffusion_prior.priors.grid import (
     choose_grid_shape,
     layout_from_samples,
 )
-from tl_diffusion_prior.priors.mlp import _check_eigenvalues
 
 LAYOUTS = ("identity", "spectral")
 
@@ -500,15 +500,27 @@ class UNetPrior(DiffusionPrior):
         # real cells first, so this mean is over exactly the real dims.
         return (eps.float() - noise).square().mean()
 
-    def gaussian_reference_loss(self, cov_eigenvalues: Float[Tensor, " d"]) -> float:
+    def gaussian_reference_loss(
+        self,
+        cov_eigenvalues: Float[Tensor, " d"],
+        data_second_moments: Float[Tensor, " d"] | None = None,
+    ) -> float:
         """``mean_k mean_i ab_k lam_i / (ab_k lam_i + 1 - ab_k)`` over all training timesteps.
 
         The MMSE of ``eps`` given ``x_t`` per eigen-direction of variance ``lam_i``, averaged like
-        the loss: uniformly over the integer timesteps and over the real dims.
+        the loss: uniformly over the integer timesteps and over the real dims. With
+        ``data_second_moments`` ``m_i``, the same linear predictor ``eps_hat = g x_t``,
+        ``g = sqrt(1 - ab) / (ab lam + 1 - ab)``, is scored on data of second moment ``m_i``:
+        ``1 - 2 g sqrt(1 - ab) + g^2 (ab m + 1 - ab)``.
         """
-        lam = _check_eigenvalues(cov_eigenvalues, self.config.d_model)
-        ab = self._alphas_cumprod[:, None]
-        return float((ab * lam / (ab * lam + 1.0 - ab)).mean())
+        lam = check_cov_eigenvalues(cov_eigenvalues, self.config.d_model)
+        ab = self._alphas_cumprod[:, None].to("cpu", torch.float64)
+        if data_second_moments is None:
+            return float((ab * lam / (ab * lam + 1.0 - ab)).mean())
+        m = check_cov_eigenvalues(data_second_moments, self.config.d_model, "data_second_moments")
+        gain = (1.0 - ab).sqrt() / (ab * lam + 1.0 - ab)
+        mse = 1.0 - 2.0 * gain * (1.0 - ab).sqrt() + gain**2 * (ab * m + 1.0 - ab)
+        return float(mse.mean())
 
     # --------------------------------------------------------------------------- sampling
     def _denoise_normalized(

@@ -1,0 +1,216 @@
+"""Concept-vs-fluency steering curves on a real model: plain steering against steering + prior.
+
+For each concept (contrast prompts plus the words that signal it) the steering vector is the
+difference of means at the hook (:func:`~tl_diffusion_prior.steering_vector.steering_vector`).
+Every method generates greedy continuations of the same prompts at every relative scale ``r``
+(``alpha = r * reference norm``, the same alpha for every method), and each continuation gets two
+scores from one pass of the unsteered model (:mod:`~tl_diffusion_prior.evaluate.fluency`):
+
+* **concept lift**: the continuation's concept log-probability (log of the probability mass the
+  unsteered model puts on the concept's words after each continuation token) minus that of the
+  unsteered continuation of the same prompt. 0 means no movement towards the concept; higher is
+  more on-concept. Subtracting the unsteered value makes concepts with rare and common words
+  comparable, so points average over concepts and prompts.
+* **fluency**: the continuation's NLL under the unsteered model (lower is more fluent).
+
+Points and their Pareto front come from :func:`~tl_diffusion_prior.evaluate.steering_curves.
+steering_curves`, with bootstrap intervals over the (concept, prompt) items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.utilities import get_attention_mask
+
+from tl_diffusion_prior.evaluate.fluency import (
+    concept_token_ids,
+    mask_after_eos,
+    score_continuations,
+)
+from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves, steering_curves
+from tl_diffusion_prior.priors.base import DiffusionPrior
+from tl_diffusion_prior.steer import steer
+from tl_diffusion_prior.steering_vector import steering_vector
+
+PLAIN = "plain steering"
+
+
+@dataclass(frozen=True)
+class SteeringConcept:
+    """A concept to steer towards.
+
+    Attributes:
+        name: display name.
+        positive: prompts that express the concept.
+        negative: matched prompts that do not.
+        words: words whose next-token probability signals the concept (each word's first token,
+            with and without a leading space; see ``concept_token_ids``).
+    """
+
+    name: str
+    positive: Sequence[str]
+    negative: Sequence[str]
+    words: Sequence[str]
+
+    def __post_init__(self) -> None:
+        for field_name in ("positive", "negative", "words"):
+            values = getattr(self, field_name)
+            if isinstance(values, str) or not values or not all(isinstance(v, str) for v in values):
+                raise ValueError(
+                    f"SteeringConcept {self.name!r}: {field_name} must be a non-empty sequence of "
+                    f"strings, got {values!r}."
+                )
+            object.__setattr__(self, field_name, tuple(values))
+
+
+DEFAULT_CONCEPTS: tuple[SteeringConcept, ...] = (
+    SteeringConcept(
+        "joy",
+        positive=("I am so happy and grateful today!", "What a wonderful, joyful celebration."),
+        negative=("I am so sad and miserable today.", "What a terrible, gloomy funeral."),
+        words=("happy", "joy", "wonderful", "love"),
+    ),
+    SteeringConcept(
+        "weddings",
+        positive=(
+            "We are getting married at the wedding next week.",
+            "The bride and groom exchanged rings at the ceremony.",
+        ),
+        negative=(
+            "We are filing our taxes at the office next week.",
+            "The clerk and manager exchanged forms at the meeting.",
+        ),
+        words=("wedding", "bride", "marriage", "married"),
+    ),
+    SteeringConcept(
+        "the sea",
+        positive=(
+            "The waves crashed on the beach by the ocean.",
+            "Sailors crossed the stormy sea in a ship.",
+        ),
+        negative=(
+            "The cars crowded the road through the city.",
+            "Drivers crossed the busy town in a truck.",
+        ),
+        words=("sea", "ocean", "waves", "beach"),
+    ),
+)
+
+DEFAULT_PROMPTS: tuple[str, ...] = (
+    "Tell me about your weekend.",
+    "Write a few sentences about the town where you live.",
+    "What is a good way to spend an afternoon?",
+)
+
+
+def concept_steering_curves(
+    model: HookedTransformer,
+    hook_name: str,
+    priors: Mapping[str, DiffusionPrior],
+    scales: Sequence[float],
+    reference_norm: float,
+    concepts: Sequence[SteeringConcept] = DEFAULT_CONCEPTS,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    max_new_tokens: int = 16,
+    t_start: float = 0.5,
+    num_steps: int = 20,
+    seed: int = 0,
+    n_resamples: int = 1000,
+) -> SteeringCurves:
+    """Plain steering and steering with each prior, over ``scales``, scored as described above.
+
+    Args:
+        model: The steered model (generations are greedy, batched over ``prompts``).
+        hook_name: The hook to steer; every prior must model it.
+        priors: Display name -> prior; may be empty (plain steering only).
+        scales: Relative scales ``r`` (``alpha = r * reference_norm``).
+        reference_norm: The activation norm ``r`` is relative to (e.g. the mean held-out norm).
+        concepts / prompts: What to steer towards and which prompts to continue.
+        max_new_tokens: Tokens generated per continuation.
+        t_start / num_steps / seed: The priors' denoising settings (see ``steer``).
+    """
+    if not concepts or not prompts:
+        raise ValueError("concept_steering_curves needs at least one concept and one prompt.")
+    if not scales:
+        raise ValueError("scales is empty; pass the relative steering scales to sweep.")
+    if not reference_norm > 0:
+        raise ValueError(f"reference_norm must be > 0, got {reference_norm!r}.")
+    for name, prior in priors.items():
+        if name == PLAIN:
+            raise ValueError(f"{PLAIN!r} names plain steering; give the prior another name.")
+        prior.check_compatible(
+            hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
+        )
+
+    prompt_tokens = model.to_tokens(list(prompts), padding_side="left")
+    attention_mask = get_attention_mask(
+        model.tokenizer, prompt_tokens, model.cfg.default_prepend_bos, padding_side="left"
+    )
+    eos = model.tokenizer.eos_token_id
+    vectors = {c.name: steering_vector(model, hook_name, c.positive, c.negative) for c in concepts}
+    concept_ids = {c.name: concept_token_ids(model, c.words) for c in concepts}
+
+    def generate() -> Tensor:
+        out = model.generate(
+            list(prompts),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            verbose=False,
+            padding_side="left",
+            return_type="tokens",
+        )
+        return out[:, prompt_tokens.shape[1] :]
+
+    def scores(continuation: Tensor, concept: SteeringConcept) -> tuple[Tensor, Tensor]:
+        result = score_continuations(
+            model,
+            prompt_tokens,
+            continuation,
+            concept_ids=concept_ids[concept.name],
+            prompt_attention_mask=attention_mask,
+            continuation_mask=mask_after_eos(continuation, eos) if eos is not None else None,
+        )
+        return result.concept_logprob.cpu(), result.nll.cpu()
+
+    unsteered = generate()
+    baseline = {c.name: scores(unsteered, c)[0] for c in concepts}
+
+    def method_generator(prior: DiffusionPrior | None):
+        def generate_at(scale: float) -> list[tuple[float, float]]:
+            items = []
+            for concept in concepts:
+                with steer(
+                    model,
+                    hook_name,
+                    vectors[concept.name],
+                    scale,
+                    prior,
+                    t_start=t_start,
+                    num_steps=num_steps,
+                    seed=seed,
+                    scale_mode="relative",
+                    reference_norm=reference_norm,
+                ):
+                    continuation = generate()
+                concept_score, nll = scores(continuation, concept)
+                lift = concept_score - baseline[concept.name]
+                items += list(zip(lift.tolist(), nll.tolist(), strict=True))
+            return items
+
+        return generate_at
+
+    generators = {PLAIN: method_generator(None)}
+    generators.update({name: method_generator(prior) for name, prior in priors.items()})
+    return steering_curves(
+        generators,
+        scales,
+        concept_scorer=lambda items: [lift for lift, _ in items],
+        fluency_scorer=lambda items: [nll for _, nll in items],
+        fluency_higher_is_better=False,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
