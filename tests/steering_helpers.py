@@ -42,7 +42,7 @@ class RecordingPrior(DiffusionPrior):
         )
         return 0.5 * z + 0.1 * noise
 
-    def _loss_normalized(self, z, generator):
+    def _loss_normalized(self, z, generator, levels=None):
         return z.square().mean()
 
     def add_noise(self, z, noise, t):

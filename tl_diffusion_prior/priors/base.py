@@ -4,7 +4,7 @@ A prior models single residual-stream vectors of one hook. Public methods take a
 activations; the prior z-scores them with its own :class:`~tl_diffusion_prior.normalizer.Normalizer`
 and each design works in normalised space through a few abstract methods:
 
-* ``_loss_normalized(z, generator)``: the design's training objective on clean normalised data;
+* ``_loss_normalized(z, generator, levels)``: the training objective on clean normalised data;
 * ``add_noise(z, noise, t)``: corrupt clean normalised data to noise level ``t`` (0 = clean);
 * ``posterior_mean(z_t, t)``: the one-network-evaluation estimate of ``E[x0 | x_t]``;
 * ``_denoise_normalized(z, t_start, num_steps, noise)``: ``add_noise`` to ``t_start``, then exactly
@@ -191,9 +191,16 @@ class DiffusionPrior(nn.Module, abc.ABC):
     # ----------------------------------------------------------------- design-specific pieces
     @abc.abstractmethod
     def _loss_normalized(
-        self, z: Float[Tensor, "batch d_model"], generator: torch.Generator | None
+        self,
+        z: Float[Tensor, "batch d_model"],
+        generator: torch.Generator | None,
+        levels: Float[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, ""]:
-        """Training loss on clean normalised data, reduced to a scalar mean."""
+        """Training loss on clean normalised data, reduced to a scalar mean.
+
+        ``levels`` are the rows' noise levels as quantiles of the design's noise-level
+        distribution, in [0, 1); None draws them uniformly with ``generator``.
+        """
 
     @abc.abstractmethod
     def add_noise(
@@ -262,17 +269,35 @@ class DiffusionPrior(nn.Module, abc.ABC):
         self.normalizer.set_stats(mean, var)
 
     def loss(
-        self, x: Float[Tensor, "batch d_model"], generator: torch.Generator | None = None
+        self,
+        x: Float[Tensor, "batch d_model"],
+        generator: torch.Generator | None = None,
+        levels: Tensor | None = None,
     ) -> Float[Tensor, ""]:
         """Training loss on RAW activations ``x``; ``t`` and noise are drawn with ``generator``.
 
-        ``generator`` must live on the prior's device.
+        ``generator`` must live on the prior's device. ``levels`` (``[batch]``, in [0, 1)) fixes
+        each row's noise level as a quantile of the training distribution of levels instead of
+        drawing it: evenly spread levels make a validation loss far less noisy, since most of the
+        loss's variance comes from the noise level.
         """
         self._check_activations(x, "x")
         if x.ndim != 2:
             raise ValueError(f"x must have shape [batch, d_model], got {tuple(x.shape)}.")
+        if levels is not None and (
+            not isinstance(levels, Tensor)
+            or levels.shape != (x.shape[0],)
+            or not levels.is_floating_point()
+            or bool((levels < 0).any() or (levels >= 1).any())
+        ):
+            raise ValueError(
+                "levels must be a float tensor of shape [batch] with values in [0, 1), got "
+                f"{getattr(levels, 'shape', type(levels).__name__)}."
+            )
         z = self._to_normalized(x)
-        return self._loss_normalized(z, generator)
+        if levels is not None:
+            levels = levels.to(z.device, torch.float32)
+        return self._loss_normalized(z, generator, levels)
 
     @torch.no_grad()
     def sample(

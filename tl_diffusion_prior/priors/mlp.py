@@ -175,10 +175,16 @@ class MLPPrior(DiffusionPrior):
         return self.config.sample_steps
 
     def _loss_normalized(
-        self, z: Float[Tensor, "batch d_model"], generator: torch.Generator | None
+        self,
+        z: Float[Tensor, "batch d_model"],
+        generator: torch.Generator | None,
+        levels: Float[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, ""]:
         batch = z.shape[0]
-        t = torch.rand(batch, 1, generator=generator, device=z.device, dtype=torch.float32)
+        if levels is None:
+            t = torch.rand(batch, 1, generator=generator, device=z.device, dtype=torch.float32)
+        else:
+            t = levels.reshape(batch, 1)  # t ~ U[0, 1): the quantile is the level
         eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
         x = z.float()
         z_t = ((1.0 - t) * x + t * eps).to(z.dtype)

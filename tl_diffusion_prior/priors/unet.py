@@ -487,12 +487,17 @@ class UNetPrior(DiffusionPrior):
 
     # -------------------------------------------------------------------------- objective
     def _loss_normalized(
-        self, z: Float[Tensor, "batch d_model"], generator: torch.Generator | None
+        self,
+        z: Float[Tensor, "batch d_model"],
+        generator: torch.Generator | None,
+        levels: Float[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, ""]:
         batch = z.shape[0]
-        timesteps = torch.randint(
-            0, self.num_train_timesteps, (batch,), generator=generator, device=z.device
-        )
+        n_steps = self.num_train_timesteps
+        if levels is None:
+            timesteps = torch.randint(0, n_steps, (batch,), generator=generator, device=z.device)
+        else:  # uniform integer timesteps: the quantile's bin
+            timesteps = (levels * n_steps).long().clamp(0, n_steps - 1)
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
         z_t = self.noise_scheduler.add_noise(z.float(), noise, timesteps).to(z.dtype)
         eps = self.network(z_t, timesteps)
