@@ -239,7 +239,12 @@ STEER_EXAMPLE = dict(
 )
 
 
-def steer_example(prior_dir: Path, scale: DemoScale, r: float = 0.5) -> None:
+# A moderate and a strong relative scale: the first changes the text while keeping it fluent, the
+# second is where plain steering starts to break the text and the prior matters.
+STEER_EXAMPLE_SCALES = (0.25, 0.5)
+
+
+def steer_example(prior_dir: Path, scale: DemoScale, r: float) -> None:
     from tl_diffusion_prior.steer_cli import add_steer_arguments, run_steer
 
     parser = argparse.ArgumentParser()
@@ -310,7 +315,8 @@ def run_demo(args) -> int:
     summary["evaluation"] = evaluate_demo(model, priors, buffer, scale, out)
 
     stage("5/5 steering one example: unsteered | steered | steered + MLP prior")
-    steer_example(out / "priors" / "mlp", scale)
+    for r in STEER_EXAMPLE_SCALES:
+        steer_example(out / "priors" / "mlp", scale, r)
 
     summary["total_s"] = time.perf_counter() - started
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str))
