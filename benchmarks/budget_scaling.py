@@ -26,18 +26,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from benchmark_setup import add_data_arguments, model_and_activations  # noqa: E402
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK  # noqa: E402
-from tl_diffusion_prior.demo import (  # noqa: E402
-    SCALES,
-    build_priors,
-    capture_corpus,
-    demo_eval_settings,
-    train_demo_prior,
-)
+from tl_diffusion_prior.demo import build_priors, demo_eval_settings, train_demo_prior  # noqa: E402
 from tl_diffusion_prior.evaluate.plan import fit_baselines  # noqa: E402
 from tl_diffusion_prior.evaluate.report import run_evaluation  # noqa: E402
-from tl_diffusion_prior.offline_model import load_default_model  # noqa: E402
 
 RATIOS = {
     "val / Gaussian ref": lambda row: row["val_over_reference"],
@@ -62,25 +56,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prior", default="mlp", choices=["mlp", "unet"])
     parser.add_argument("--budgets", type=float, nargs="+", default=[30.0, 60.0, 120.0, 240.0])
-    parser.add_argument("--n-train", type=int, default=120_000)
-    parser.add_argument("--n-val", type=int, default=8_000)
     parser.add_argument("--eval-sequences", type=int, default=16)
     parser.add_argument("--out", default="reports/budget_scaling")
-    parser.add_argument("--device", default=None)
+    add_data_arguments(parser, n_train=120_000, n_val=8_000)
     args = parser.parse_args()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    scale = replace(
-        SCALES["default"],
-        n_train=args.n_train,
-        n_val=args.n_val,
-        eval_sequences=args.eval_sequences,
-    )
-    model = load_default_model(device=args.device)
-    buffer, _, _ = capture_corpus(model, "train", scale.n_train, scale.ctx)
-    val_buffer, _, _ = capture_corpus(model, "heldout", scale.n_val, scale.ctx)
-    val_acts = val_buffer.filled_rows(0).float()
+    model, scale, buffer, val_acts = model_and_activations(args, eval_sequences=args.eval_sequences)
     settings = replace(demo_eval_settings(scale), steer_curve_scales=())
     baselines = fit_baselines(
         buffer,

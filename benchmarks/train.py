@@ -12,36 +12,25 @@ from __future__ import annotations
 import argparse
 import platform
 import tempfile
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import torch
+from benchmark_setup import add_data_arguments, model_and_activations
 
-from tl_diffusion_prior.demo import SCALES, build_priors, capture_corpus, train_demo_prior
-from tl_diffusion_prior.offline_model import load_default_model
+from tl_diffusion_prior.demo import build_priors, train_demo_prior
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=120.0, help="training budget per prior")
-    parser.add_argument("--n-train", type=int, default=60_000)
-    parser.add_argument("--n-val", type=int, default=4_000)
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--device", default=None)
+    add_data_arguments(parser, n_train=60_000, n_val=4_000)
     args = parser.parse_args()
 
-    scale = replace(
-        SCALES["default"],
-        n_train=args.n_train,
-        n_val=args.n_val,
-        train_seconds=args.seconds,
-        batch_size=args.batch_size,
+    model, scale, buffer, val_acts = model_and_activations(
+        args, train_seconds=args.seconds, batch_size=args.batch_size
     )
-    model = load_default_model(device=args.device)
-    buffer, _, _ = capture_corpus(model, "train", scale.n_train, scale.ctx)
-    val_buffer, _, _ = capture_corpus(model, "heldout", scale.n_val, scale.ctx)
-    val_acts = val_buffer.filled_rows(0).float()
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for name, prior in build_priors(model).items():

@@ -20,15 +20,14 @@ import argparse
 import copy
 import platform
 import tempfile
-from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
 import torch
+from benchmark_setup import add_data_arguments, model_and_activations
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.demo import SCALES, capture_corpus, train_demo_prior
-from tl_diffusion_prior.offline_model import load_default_model
+from tl_diffusion_prior.demo import train_demo_prior
 from tl_diffusion_prior.priors.unet import UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.train import _FIT_ROWS
 
@@ -41,24 +40,14 @@ def relative_error(prior: UNetPrior, clean: torch.Tensor, denoised: torch.Tensor
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=150.0, help="training budget per layout")
-    parser.add_argument("--n-train", type=int, default=60_000)
-    parser.add_argument("--n-val", type=int, default=8_000)
     parser.add_argument("--n-denoise", type=int, default=1024)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--device", default=None)
+    add_data_arguments(parser, n_train=60_000, n_val=8_000)
     args = parser.parse_args()
 
-    scale = replace(
-        SCALES["default"],
-        n_train=args.n_train,
-        n_val=args.n_val,
-        train_seconds=args.seconds,
-        batch_size=args.batch_size,
+    model, scale, buffer, val_acts = model_and_activations(
+        args, train_seconds=args.seconds, batch_size=args.batch_size
     )
-    model = load_default_model(device=args.device)
-    buffer, _, _ = capture_corpus(model, "train", scale.n_train, scale.ctx)
-    val_buffer, _, _ = capture_corpus(model, "heldout", scale.n_val, scale.ctx)
-    val_acts = val_buffer.filled_rows(0).float()
     clean = val_acts[: args.n_denoise]
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
     names = dict(d_model=model.cfg.d_model, hook_name=DEFAULT_HOOK, model_name=model.cfg.model_name)
