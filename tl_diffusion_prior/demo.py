@@ -77,17 +77,17 @@ SCALES = {
         100_000,
         8_000,
         128,
-        150.0,
+        130.0,
         512,
         8,
         24,
         eval_settings=dict(
             max_train_rows=60_000,
             sae_train={"steps": 600, "batch_size": 512},
-            n_fd_samples=2000,
-            steer_curve_scales=(0.1, 0.25, 0.5),
+            n_fd_samples=1500,
+            steer_curve_scales=(0.05, 0.1, 0.25),
             steer_curve_concepts=2,
-            steer_curve_tokens=12,
+            steer_curve_tokens=10,
         ),
     ),
     "long": DemoScale(
@@ -103,7 +103,7 @@ SCALES = {
             ts=(0.25, 0.5, 0.75),
             sae_train={"steps": 3000, "batch_size": 1024},
             n_fd_samples=12_000,
-            steer_curve_scales=(0.1, 0.25, 0.5, 0.75),
+            steer_curve_scales=(0.02, 0.05, 0.1, 0.25, 0.5),
             steer_curve_concepts=3,
             steer_curve_prompts=3,
             steer_curve_tokens=24,
@@ -239,9 +239,10 @@ STEER_EXAMPLE = dict(
 )
 
 
-# A moderate and a strong relative scale: the first changes the text while keeping it fluent, the
-# second is where plain steering starts to break the text and the prior matters.
-STEER_EXAMPLE_SCALES = (0.25, 0.5)
+# A gentle and a strong relative scale. SmolLM2-135M at layer 15 is fragile: steering every
+# position by 10% of the mean activation norm already turns greedy text into repetition, and at
+# 0.25 into junk tokens, so the gentle scale is 0.05.
+STEER_EXAMPLE_SCALES = (0.05, 0.25)
 
 
 def steer_example(prior_dir: Path, scale: DemoScale, r: float) -> None:

@@ -80,7 +80,7 @@ class EvalSettings:
     steer_ts: tuple[float, ...] = (0.5,)
     n_fd_samples: int = 12_000
     fd_sample_steps: int | None = None
-    steer_curve_scales: tuple[float, ...] = (0.1, 0.25, 0.5)
+    steer_curve_scales: tuple[float, ...] = (0.05, 0.1, 0.25)
     steer_curve_concepts: int = 3
     steer_curve_prompts: int = 3
     steer_curve_tokens: int = 16
