@@ -89,3 +89,21 @@ def test_missing_inputs_give_no_ratio():
     assert targets["a_restoration_heldout"]["ratio"] is None
     assert "missing" in targets["a_restoration_heldout"]["reason"]
     assert targets["c_frechet"] == {}
+
+
+def test_frechet_target_covers_every_prior_name_and_nothing_else():
+    rows = [
+        {"name": name, "normalized_ratio": ratio, "raw_ratio": ratio}
+        for name, ratio in [("unet samples", 1.2), ("Gaussian fit samples", 1.0), ("unet", 3.0)]
+    ]
+    frechet = {"results": rows, "floor": {"n": 100}, "n_heldout": 100, "d_model": 4}
+    targets = benchmark_targets(
+        [],
+        frechet,
+        prior_methods=["unet"],
+        multi_step_prior_methods=["unet"],
+        heldout="h",
+        ood=None,
+    )
+    assert set(targets["c_frechet"]) == {"unet samples", "unet"}
+    assert targets["c_frechet"]["unet samples"]["normalized_ratio"] == 1.2

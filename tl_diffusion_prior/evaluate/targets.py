@@ -182,8 +182,9 @@ def benchmark_targets(
     # With fewer than ~20 samples per dimension the covariance estimates are so noisy that the
     # floor itself is mostly finite-sample bias, which compresses every ratio towards 1.
     reliable = bool(d_model) and n_min >= MIN_FD_SAMPLES_PER_DIM * d_model
+    sample_names = {f"{m} samples" for m in prior_methods}
     for row in frechet.get("results", []):
-        if row["name"] in prior_methods or row["name"].endswith("prior samples"):
+        if row["name"] in prior_methods or row["name"] in sample_names:
             ratio = row["normalized_ratio"]
             fd[row["name"]] = {
                 "normalized_ratio": ratio,
