@@ -114,9 +114,8 @@ class TrainResult:
     @property
     def initial_val_loss(self) -> float | None:
         """Validation loss of the weights the run started from (measured with the same noise)."""
-        return next(
-            (r["val_loss"] for r in self.history if r["step"] == 0 and r.get("val_loss")), None
-        )
+        starts = (r for r in self.history if r["step"] == 0 and r.get("val_loss") is not None)
+        return next((r["val_loss"] for r in starts), None)
 
 
 class _LossModule(nn.Module):
