@@ -93,3 +93,24 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, final_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_state_dict_checked(module: torch.nn.Module, path: str | os.PathLike, what: str) -> None:
+    """Load the safetensors file at ``path`` into ``module``, strictly (no unpickling).
+
+    Keys and shapes are compared first, so a mismatch says exactly what differs instead of
+    ``load_state_dict``'s generic error. ``what`` names the module in that message.
+    """
+    state = load_safetensors(path)
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        missing = sorted(set(expected) - set(found))
+        unexpected = sorted(set(found) - set(expected))
+        reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
+        raise ValueError(
+            f"{Path(path)!s} does not match {what}: missing keys {missing}, unexpected keys "
+            f"{unexpected}, shape mismatches {reshaped}. The weights and their config come from "
+            "different saves or library versions; save them together with save_pretrained."
+        )
+    module.load_state_dict(state, strict=True)

@@ -36,7 +36,7 @@ from tl_diffusion_prior.serialization import (
     atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
-    load_safetensors,
+    load_state_dict_checked,
     read_json,
 )
 
@@ -193,15 +193,11 @@ class Baseline(nn.Module):
                 "with tl_diffusion_prior.evaluate.baselines.load_baseline."
             )
         baseline = target(config)
-        state = load_safetensors(directory / WEIGHTS_NAME)
-        expected = {k: tuple(v.shape) for k, v in baseline.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != found:
-            raise ValueError(
-                f"{directory / WEIGHTS_NAME!s} does not match its {CONFIG_NAME}: expected "
-                f"tensors {expected}, found {found}. Save config and weights together."
-            )
-        baseline.load_state_dict(state, strict=True)
+        load_state_dict_checked(
+            baseline,
+            directory / WEIGHTS_NAME,
+            f"the {config.kind!r} baseline {CONFIG_NAME} describes",
+        )
         baseline.eval()
         return baseline.to(device) if device is not None else baseline
 

@@ -39,7 +39,7 @@ from tl_diffusion_prior.serialization import (
     atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
-    load_safetensors,
+    load_state_dict_checked,
     read_json,
 )
 
@@ -416,20 +416,11 @@ class DiffusionPrior(nn.Module, abc.ABC):
                 "tl_diffusion_prior.priors.load_prior."
             )
         prior = prior_cls(config)
-        state = load_safetensors(directory / WEIGHTS_NAME)
-        expected = {k: tuple(v.shape) for k, v in prior.state_dict().items()}
-        found = {k: tuple(v.shape) for k, v in state.items()}
-        if expected != found:
-            missing = sorted(set(expected) - set(found))
-            unexpected = sorted(set(found) - set(expected))
-            reshaped = sorted(k for k in set(expected) & set(found) if expected[k] != found[k])
-            raise ValueError(
-                f"{directory / WEIGHTS_NAME!s} does not match the {prior_cls.__name__} that "
-                f"{CONFIG_NAME} describes: missing keys {missing}, unexpected keys {unexpected}, "
-                f"shape mismatches {reshaped}. The weights and {CONFIG_NAME} come from different "
-                "priors or library versions; save them together with save_pretrained."
-            )
-        prior.load_state_dict(state, strict=True)
+        load_state_dict_checked(
+            prior,
+            directory / WEIGHTS_NAME,
+            f"the {prior_cls.__name__} that {CONFIG_NAME} describes",
+        )
         prior.eval()
         return prior.to(device=device, dtype=dtype)
 
