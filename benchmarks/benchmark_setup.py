@@ -6,8 +6,8 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-from tl_diffusion_prior.demo import SCALES, DemoScale, capture_corpus
-from tl_diffusion_prior.offline_model import load_default_model
+from tl_diffusion_prior.data.models import load_default_model
+from tl_diffusion_prior.recipes import SCALES, DemoScale, capture_corpus
 
 
 def add_data_arguments(parser: argparse.ArgumentParser, n_train: int, n_val: int) -> None:

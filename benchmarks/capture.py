@@ -17,12 +17,12 @@ from datetime import date
 
 import torch
 
-from tl_diffusion_prior.buffer import ActivationRingBuffer
-from tl_diffusion_prior.capture import fill_buffer, model_device
+from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.capture.capture import fill_buffer, model_device
+from tl_diffusion_prior.capture.hook_names import stop_at_layer
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.hook_names import stop_at_layer
-from tl_diffusion_prior.offline_model import load_model
-from tl_diffusion_prior.token_source import corpus_token_source
+from tl_diffusion_prior.data.models import load_model
+from tl_diffusion_prior.data.token_source import corpus_token_source
 
 
 def synchronize(device: torch.device) -> None:

@@ -16,15 +16,15 @@ from datetime import date
 
 import torch
 
+from tl_diffusion_prior.data.models import load_default_model
 from tl_diffusion_prior.evaluate.concept_steering import (
     DEFAULT_CONCEPTS,
     DEFAULT_PROMPTS,
     PLAIN,
     concept_steering_curves,
 )
-from tl_diffusion_prior.offline_model import load_default_model
 from tl_diffusion_prior.priors import load_prior
-from tl_diffusion_prior.steer import reference_norm_from_prior
+from tl_diffusion_prior.steering import reference_norm_from_prior
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from benchmark_setup import add_data_arguments, model_and_activations
 
-from tl_diffusion_prior.demo import build_priors, train_demo_prior
+from tl_diffusion_prior.recipes import build_priors, train_demo_prior
 
 
 def main() -> None:

@@ -27,9 +27,9 @@ import torch
 from benchmark_setup import add_data_arguments, model_and_activations
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.demo import train_demo_prior
 from tl_diffusion_prior.priors.unet import UNetPrior, UNetPriorConfig
-from tl_diffusion_prior.train import _FIT_ROWS
+from tl_diffusion_prior.recipes import train_demo_prior
+from tl_diffusion_prior.training.trainer import FIT_ROWS
 
 
 def relative_error(prior: UNetPrior, clean: torch.Tensor, denoised: torch.Tensor) -> float:
@@ -65,7 +65,7 @@ def main() -> None:
                 untrained = UNetPrior(UNetPriorConfig.preset("cpu", layout=layout, **names))
                 untrained.set_normalization(buffer.mean(0), buffer.var(0))
                 generator = torch.Generator().manual_seed(0)
-                untrained.fit_data(buffer.sample(_FIT_ROWS, generator=generator, hook=0))
+                untrained.fit_data(buffer.sample(FIT_ROWS, generator=generator, hook=0))
                 rows.append(("Gaussian skip only (untrained)", untrained, None))
             rows.append((f"{layout} layout", prior, result))
 

@@ -42,6 +42,6 @@ def tiny_model() -> HookedTransformer:
 
 @pytest.fixture(scope="session")
 def default_model():
-    from tl_diffusion_prior.offline_model import load_default_model
+    from tl_diffusion_prior.data.models import load_default_model
 
     return load_default_model()

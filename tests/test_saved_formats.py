@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tl_diffusion_prior.evaluate.baselines import load_baseline
-from tl_diffusion_prior.evaluate.gaussian import GaussianBaseline
-from tl_diffusion_prior.evaluate.sae import TopKSAE
+from tl_diffusion_prior.evaluate.baselines.base import load_baseline
+from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
+from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE
 from tl_diffusion_prior.priors import MLPPrior, UNetPrior, load_prior
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pre_layout"

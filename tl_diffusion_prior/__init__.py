@@ -1,9 +1,14 @@
 """Diffusion priors over TransformerLens activations: capture, train, steer, evaluate."""
 
-from tl_diffusion_prior.buffer import ActivationRingBuffer
-from tl_diffusion_prior.capture import ActivationCapture, CaptureConfig, fill_buffer
-from tl_diffusion_prior.corpus import load_corpus, out_of_domain_texts
-from tl_diffusion_prior.offline_model import load_default_model, load_model
+from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
+from tl_diffusion_prior.data.corpus import load_corpus, out_of_domain_texts
+from tl_diffusion_prior.data.models import load_default_model, load_model
+from tl_diffusion_prior.data.token_source import (
+    corpus_token_source,
+    hf_dataset_token_source,
+    text_file_token_source,
+)
 from tl_diffusion_prior.priors import (
     DiffusionPrior,
     MLPPrior,
@@ -12,14 +17,9 @@ from tl_diffusion_prior.priors import (
     UNetPriorConfig,
     load_prior,
 )
-from tl_diffusion_prior.steer import attach_steering, steer
-from tl_diffusion_prior.steering_vector import mean_activation_norm, steering_vector
-from tl_diffusion_prior.token_source import (
-    corpus_token_source,
-    hf_dataset_token_source,
-    text_file_token_source,
-)
-from tl_diffusion_prior.train import TrainConfig, TrainResult, train_prior
+from tl_diffusion_prior.steering.steer import attach_steering, steer
+from tl_diffusion_prior.steering.vector import mean_activation_norm, steering_vector
+from tl_diffusion_prior.training.trainer import TrainConfig, TrainResult, train_prior
 
 __version__ = "0.1.0"
 

@@ -1,14 +1,35 @@
-"""File names, format versions and defaults, in one place."""
+"""File names, format versions, defaults and environment variables, in one place."""
 
 FORMAT_VERSION = 1
 
+# A saved prior or baseline (save_pretrained / from_pretrained).
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# A saved ring buffer.
 BUFFER_NAME = "buffer.safetensors"
+# A training checkpoint folder (checkpoint_dir/step_NNNNNNNN/).
 CHECKPOINT_STATE_NAME = "trainer_state.safetensors"
 CHECKPOINT_META_NAME = "trainer_state.json"
+# A training run's loss curve.
 LOSS_CSV_NAME = "loss.csv"
 LOSS_PNG_NAME = "loss.png"
+
+# The packaged corpus (inside tl_diffusion_prior/data/).
+CORPUS_DIRNAME = "corpus_data"
+CORPUS_MANIFEST_NAME = "manifest.json"
+# The default model's conversion cache: CONFIG_NAME, WEIGHTS_NAME and this folder.
+TOKENIZER_DIRNAME = "tokenizer"
+
+# An evaluation report folder.
+REPORT_JSON_NAME = "report.json"
+REPORT_MD_NAME = "report.md"
+STEER_VECTORS_NAME = "steer_vectors.safetensors"
+PLOTS_DIRNAME = "plots"
+PRIORS_DIRNAME = "priors"
+BASELINES_DIRNAME = "baselines"
+# The demo's report folder adds these.
+RUNS_DIRNAME = "runs"
+DEMO_SUMMARY_NAME = "demo_summary.json"
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_LAYER = 15

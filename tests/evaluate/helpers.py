@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from tl_diffusion_prior.evaluate.baselines import fit_normalizer
-from tl_diffusion_prior.evaluate.gaussian import GaussianBaseline
+from tl_diffusion_prior.evaluate.baselines.base import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 
 
 def correlated_gaussian(n: int, d: int, seed: int = 0, rank: int | None = None) -> Tensor:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from tl_diffusion_prior.corpus import Document
+from tl_diffusion_prior.data.corpus import Document
 from tl_diffusion_prior.evaluate.data import document_text, packed_windows, texts_of
 
 

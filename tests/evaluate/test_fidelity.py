@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from tl_diffusion_prior.evaluate.baselines import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.base import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.fidelity import (
     Condition,
     TokenSet,
@@ -9,7 +10,6 @@ from tl_diffusion_prior.evaluate.fidelity import (
     prepare_clean_pass,
     token_windows,
 )
-from tl_diffusion_prior.evaluate.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.reconstructors import IdentityReconstructor, PCAReconstructor
 
 

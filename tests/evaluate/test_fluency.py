@@ -9,7 +9,7 @@ from tl_diffusion_prior.evaluate.fluency import (
     mask_after_eos,
     score_continuations,
 )
-from tl_diffusion_prior.steer import steer
+from tl_diffusion_prior.steering.steer import steer
 
 
 def _tokens(batch, ctx, seed):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tests.evaluate.helpers import correlated_gaussian
-from tl_diffusion_prior.evaluate.baselines import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.base import fit_normalizer
 from tl_diffusion_prior.evaluate.frechet import (
     GaussianMoments,
     frechet_distance,

@@ -3,7 +3,8 @@ import torch
 
 from tests.evaluate.helpers import correlated_gaussian, fitted_gaussian
 from tests.priors.helpers import build_tiny_prior, randomize_
-from tl_diffusion_prior.evaluate.baselines import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.base import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.sae_training import SAETrainConfig, train_topk_sae
 from tl_diffusion_prior.evaluate.reconstructors import (
     GaussianPosteriorReconstructor,
     IdentityReconstructor,
@@ -14,7 +15,6 @@ from tl_diffusion_prior.evaluate.reconstructors import (
     label,
     noise_std_to_t,
 )
-from tl_diffusion_prior.evaluate.sae_training import SAETrainConfig, train_topk_sae
 
 D = 24
 

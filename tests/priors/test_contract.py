@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from tl_diffusion_prior.core.serialization import atomic_write_json, read_json
 from tl_diffusion_prior.priors import (
     PRIOR_REGISTRY,
     DiffusionPrior,
@@ -13,7 +14,6 @@ from tl_diffusion_prior.priors import (
     PriorConfig,
     load_prior,
 )
-from tl_diffusion_prior.serialization import atomic_write_json, read_json
 
 from .helpers import TINY_CONFIGS, TINY_D_MODEL, build_tiny_prior, randomize_
 

@@ -1,7 +1,7 @@
 """Concept-vs-fluency steering curves on a real model: plain steering against steering + prior.
 
 For each concept (contrast prompts plus the words that signal it) the steering vector is the
-difference of means at the hook (:func:`~tl_diffusion_prior.steering_vector.steering_vector`).
+difference of means at the hook (:func:`~tl_diffusion_prior.steering.vector.steering_vector`).
 Every method generates greedy continuations of the same prompts at every relative scale ``r``
 (``alpha = r * reference norm``, the same alpha for every method), and each continuation gets two
 scores from one pass of the unsteered model (:mod:`~tl_diffusion_prior.evaluate.fluency`):
@@ -33,8 +33,8 @@ from tl_diffusion_prior.evaluate.fluency import (
 )
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves, steering_curves
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.steer import steer
-from tl_diffusion_prior.steering_vector import steering_vector
+from tl_diffusion_prior.steering.steer import steer
+from tl_diffusion_prior.steering.vector import steering_vector
 
 PLAIN = "plain steering"
 

@@ -1,6 +1,6 @@
 """The evaluation's text: the corpus's held-out split and an out-of-domain set.
 
-Both come from :mod:`tl_diffusion_prior.corpus` (``load_corpus("heldout")`` and
+Both come from :mod:`tl_diffusion_prior.data.corpus` (``load_corpus("heldout")`` and
 ``out_of_domain_texts()``, the latter being ``pydoc_data.topics``, which ships with CPython). No
 method is trained on either. They are cut into windows either like the trainer's packed rows
 (:func:`packed_windows`, the default) or as the first tokens of each document
@@ -42,7 +42,7 @@ def texts_of(docs: Iterable[Any]) -> list[str]:
 
 def heldout_texts() -> list[str]:
     """The packaged corpus's held-out documents."""
-    from tl_diffusion_prior.corpus import load_corpus
+    from tl_diffusion_prior.data.corpus import load_corpus
 
     return texts_of(load_corpus("heldout"))
 
@@ -50,7 +50,7 @@ def heldout_texts() -> list[str]:
 def out_of_domain_texts() -> list[str]:
     """Documents from another domain than the training corpus (Python's pydoc topics)."""
     try:
-        from tl_diffusion_prior.corpus import out_of_domain_texts as corpus_ood
+        from tl_diffusion_prior.data.corpus import out_of_domain_texts as corpus_ood
     except ImportError:
         corpus_ood = None
     if corpus_ood is not None:
@@ -74,7 +74,7 @@ def packed_windows(
     EOS between documents), so held-out rows follow the training distribution of positions and
     contexts. Each row is its own bootstrap unit.
     """
-    from tl_diffusion_prior.token_source import TextTokenSource
+    from tl_diffusion_prior.data.token_source import TextTokenSource
 
     source = TextTokenSource(
         list(texts),

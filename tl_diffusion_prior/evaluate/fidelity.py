@@ -28,10 +28,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tl_diffusion_prior.capture.hook_names import layer_of, stop_at_layer, validate_hook_names
+from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.evaluate.reconstructors import Reconstructor, label
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
-from tl_diffusion_prior.hook_names import layer_of, stop_at_layer, validate_hook_names
-from tl_diffusion_prior.normalizer import Normalizer
 
 
 @dataclass

@@ -27,7 +27,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_diffusion_prior.steering_positions import steering_suspended
+from tl_diffusion_prior.steering.positions import steering_suspended
 
 
 @dataclass

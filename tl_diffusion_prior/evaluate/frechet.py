@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_diffusion_prior.normalizer import Normalizer
+from tl_diffusion_prior.core.normalizer import Normalizer
 
 _CHUNK = 8192
 

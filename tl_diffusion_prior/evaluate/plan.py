@@ -15,10 +15,12 @@ from pathlib import Path
 
 from torch import Tensor
 
-from tl_diffusion_prior.buffer import ActivationRingBuffer
-from tl_diffusion_prior.evaluate.baselines import activation_rows, fit_normalizer
+from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.evaluate.baselines.base import activation_rows, fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
+from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE
+from tl_diffusion_prior.evaluate.baselines.sae_training import train_topk_sae
 from tl_diffusion_prior.evaluate.fidelity import Condition
-from tl_diffusion_prior.evaluate.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.reconstructors import (
     GaussianPosteriorReconstructor,
     IdentityReconstructor,
@@ -28,8 +30,6 @@ from tl_diffusion_prior.evaluate.reconstructors import (
     SAEReconstructor,
     noise_std_to_t,
 )
-from tl_diffusion_prior.evaluate.sae import TopKSAE
-from tl_diffusion_prior.evaluate.sae_training import train_topk_sae
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.priors.base import DiffusionPrior
 

@@ -23,8 +23,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_diffusion_prior.evaluate.gaussian import GaussianBaseline, check_noise_level
-from tl_diffusion_prior.evaluate.sae import TopKSAE
+from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline, check_noise_level
+from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE
 from tl_diffusion_prior.priors.base import DiffusionPrior
 
 

@@ -7,14 +7,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tl_diffusion_prior.evaluate.sae_training import SAETrainConfig
+from tl_diffusion_prior.evaluate.baselines.sae_training import SAETrainConfig
 
 DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
 class EvalSettings:
-    """Knobs of :func:`~tl_diffusion_prior.evaluate.report.run_evaluation`.
+    """Knobs of :func:`~tl_diffusion_prior.evaluate.report.run.run_evaluation`.
 
     Cost: every (data set, condition, method, setting) runs the model from the hook to the end
     once over all windows, and each multi-step prior setting also runs ``prior_num_steps``
@@ -38,7 +38,8 @@ class EvalSettings:
         max_train_rows: Training rows used to fit the Gaussian/PCA baseline and to train SAEs.
         pca_ks: PCA sizes (values above ``d_model`` are dropped).
         sae_sizes: ``(expansion factor, k)`` pairs; ``d_sae = factor * d_model``.
-        sae_train: :class:`~tl_diffusion_prior.evaluate.sae_training.SAETrainConfig` fields.
+        sae_train: :class:`~tl_diffusion_prior.evaluate.baselines.sae_training.SAETrainConfig`
+            fields.
         ts: Noise levels of the reconstruction sweep (Gaussian posterior and priors).
         prior_num_steps: Euler/DDPM steps of the multi-step prior reconstructions.
         one_step: Also evaluate each prior's one-step posterior-mean estimate.

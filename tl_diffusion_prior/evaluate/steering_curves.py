@@ -4,7 +4,7 @@ Generation and scoring are passed in as callables, so this module depends on nei
 code nor a particular scorer: for each method and scale, ``generate(scale)`` returns the steered
 continuations (in whatever form the scorers accept, e.g. ``(prompt, continuation)`` pairs), and
 ``concept_scorer`` / ``fluency_scorer`` map that list to one score per item (or one number). With
-the project's own modules that is ``tl_diffusion_prior.steer`` for generation and
+the project's own modules that is ``tl_diffusion_prior.steering.steer`` for generation and
 ``tl_diffusion_prior.evaluate.fluency`` for the concept score and the continuation NLL (lower is
 more fluent: pass ``fluency_higher_is_better=False``).
 """

@@ -1,8 +1,9 @@
 """The interface every diffusion prior implements, its config, save/load and the registry.
 
 A prior models single residual-stream vectors of one hook. Public methods take and return RAW
-activations; the prior z-scores them with its own :class:`~tl_diffusion_prior.normalizer.Normalizer`
-and each design works in normalised space through a few abstract methods:
+activations; the prior z-scores them with its own
+:class:`~tl_diffusion_prior.core.normalizer.Normalizer` and each design works in normalised space
+through a few abstract methods:
 
 * ``_loss_normalized(z, generator, levels)``: the training objective on clean normalised data;
 * ``add_noise(z, noise, t)``: corrupt clean normalised data to noise level ``t`` (0 = clean);
@@ -32,16 +33,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from tl_diffusion_prior.config_utils import build_config, check_positive_int
 from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
-from tl_diffusion_prior.normalizer import Normalizer
-from tl_diffusion_prior.serialization import (
+from tl_diffusion_prior.core.normalizer import Normalizer
+from tl_diffusion_prior.core.serialization import (
     atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
     load_state_dict_checked,
     read_json,
 )
+from tl_diffusion_prior.core.validation import build_config, check_positive_int
 
 PRIOR_REGISTRY: dict[str, type[DiffusionPrior]] = {}
 
@@ -243,6 +244,14 @@ class DiffusionPrior(nn.Module, abc.ABC):
         denoiser is scored on the Gaussian it was built for; with them, on data whose second
         moment about the Gaussian's mean along eigenvector ``i`` is ``data_second_moments[i]``
         (the held-out loss of a Gaussian denoiser fitted on other rows).
+        """
+
+    def fit_data(self, x: Float[Tensor, "n d_model"]) -> None:  # noqa: B027 (optional hook)
+        """Fit the parts of the design that depend on data, from RAW activations ``x``.
+
+        The trainer calls it once, after :meth:`set_normalization` and before the first step, with
+        a few thousand training rows. The default does nothing; a design overrides it when its
+        config makes something data-dependent (the UNet's spectral layout and Gaussian skip).
         """
 
     @property

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from tl_diffusion_prior.config_utils import check_positive_int
+from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     PriorConfig,

@@ -42,7 +42,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from tl_diffusion_prior.config_utils import check_positive_int
+from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     PriorConfig,

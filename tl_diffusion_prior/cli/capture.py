@@ -1,0 +1,43 @@
+"""``tl-diffusion-prior capture``: fill a ring buffer from text and save it."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from tl_diffusion_prior.capture import (
+    ActivationCapture,
+    ActivationRingBuffer,
+    CaptureConfig,
+    fill_buffer,
+    model_device,
+)
+from tl_diffusion_prior.cli.common import build_token_source, describe_capture
+from tl_diffusion_prior.constants import DEFAULT_HOOK
+from tl_diffusion_prior.data import models
+
+
+def run_capture(args: argparse.Namespace) -> int:
+    """Run ``tl-diffusion-prior capture`` with parsed ``args``."""
+    model = models.load_model(args.model, device=args.device)
+    hooks = args.hook or [DEFAULT_HOOK]
+    source = build_token_source(args, model.tokenizer)
+    buffer = ActivationRingBuffer(
+        args.n_activations,
+        model.cfg.d_model,
+        hooks,
+        device=model_device(model),
+        dtype=getattr(torch, args.dtype),
+    )
+    capture = ActivationCapture(
+        model, hooks, buffer, CaptureConfig(outlier_multiple=args.outlier_multiple)
+    )
+    start = time.perf_counter()
+    fill_buffer(model, source, hooks, args.n_activations, buffer=buffer, capture=capture)
+    elapsed = time.perf_counter() - start
+    print(describe_capture(capture, elapsed))
+    buffer.save(args.out)
+    print(f"buffer written to {args.out}")
+    return 0

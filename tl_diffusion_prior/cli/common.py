@@ -1,0 +1,68 @@
+"""Options and helpers that several subcommands share."""
+
+from __future__ import annotations
+
+import argparse
+
+from tl_diffusion_prior.capture import ActivationCapture
+from tl_diffusion_prior.constants import DEFAULT_HOOK, DEFAULT_MODEL_NAME
+from tl_diffusion_prior.data import (
+    corpus_token_source,
+    hf_dataset_token_source,
+    text_file_token_source,
+)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model",
+        default=DEFAULT_MODEL_NAME,
+        help="TransformerLens model name; the default loads SmolLM2-135M-Instruct offline.",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+
+
+def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
+    parser.add_argument("--hook", action="append", help=f"hook name(s); default {DEFAULT_HOOK}")
+    parser.add_argument("--n-activations", type=int, default=50_000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--ctx", type=int, default=128, help="tokens per sequence")
+    parser.add_argument("--split", choices=["train", "heldout"], default="train")
+    parser.add_argument(
+        "--text-file", action="append", help="capture from these text files instead of the corpus"
+    )
+    parser.add_argument("--dataset", help="a Hugging Face datasets name (needs a hub)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--outlier-multiple", type=float, default=5.0)
+    parser.add_argument("--out", required=True, help="where to write the buffer (.safetensors)")
+
+
+def build_token_source(args, tokenizer, rank: int = 0, world_size: int = 1):
+    common = dict(batch_size=args.batch_size, ctx=args.ctx, rank=rank, world_size=world_size)
+    if getattr(args, "text_file", None):
+        return text_file_token_source(args.text_file, tokenizer, **common)
+    if getattr(args, "dataset", None):
+        return hf_dataset_token_source(args.dataset, tokenizer, **common)
+    return corpus_token_source(tokenizer, split=args.split, **common)
+
+
+def describe_capture(capture: ActivationCapture, elapsed: float) -> str:
+    """What a capture kept and dropped, and the captured activations' norms, for the log."""
+    buffer = capture.buffer
+    stats = capture.stats()
+    lines = [
+        f"captured {stats.kept:,} activations in {elapsed:.1f} s "
+        f"({stats.kept / elapsed:,.0f} act/s) into {buffer}",
+        f"excluded positions (0/BOS/padding/ids): {stats.excluded_positions:,}; "
+        f"outliers dropped: {stats.dropped_outliers:,}; non-finite dropped: "
+        f"{stats.dropped_nonfinite:,}",
+    ]
+    for name in buffer.hook_names:
+        std = buffer.var(name).sqrt()
+        norms = buffer.filled_rows(name).float().norm(dim=-1)
+        lines.append(
+            f"{name}: mean |x| {norms.mean():.1f} (median {norms.median():.1f}, max "
+            f"{norms.max():.1f}); per-dim std median {std.median():.2f}, max {std.max():.2f}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""The end-to-end demo: capture -> train both priors -> evaluate -> steer, on the default model.
+
+Each stage is a function of :mod:`tl_diffusion_prior.recipes`, which the tutorials reuse. The
+default scale is sized for ~15 minutes on a 2-core CPU; ``--long`` trains on more data for longer;
+``--quick`` (or the environment variable ``TL_DIFFUSION_PRIOR_QUICK=1``) shrinks everything to a
+smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from tl_diffusion_prior.cli.common import describe_capture
+from tl_diffusion_prior.cli.steer import print_comparison
+from tl_diffusion_prior.constants import DEFAULT_HOOK, DEMO_SUMMARY_NAME, PRIORS_DIRNAME
+from tl_diffusion_prior.core.serialization import atomic_write_text
+from tl_diffusion_prior.data import load_default_model
+from tl_diffusion_prior.priors import load_prior
+from tl_diffusion_prior.recipes import (
+    SCALES,
+    STEER_EXAMPLE,
+    STEER_EXAMPLE_SCALES,
+    DemoScale,
+    build_priors,
+    capture_corpus,
+    compare_generations,
+    evaluate_demo,
+    is_quick,
+    train_demo_prior,
+)
+from tl_diffusion_prior.steering import steering_vector
+
+
+def stage(message: str) -> None:
+    print(f"\n=== {message}", flush=True)
+
+
+def steer_example(model, prior_dir: Path, scale: DemoScale, r: float) -> None:
+    """Print the demo's steering example at relative scale ``r`` with the prior in ``prior_dir``."""
+    prior = load_prior(prior_dir, device=next(model.parameters()).device)
+    positive, negative = STEER_EXAMPLE["positive"], STEER_EXAMPLE["negative"]
+    vector = steering_vector(model, prior.config.hook_name, positive, negative)
+    comparison = compare_generations(
+        model,
+        prior,
+        vector,
+        STEER_EXAMPLE["prompt"],
+        r,
+        max_new_tokens=scale.max_new_tokens,
+        concept_words=STEER_EXAMPLE["concept"].split(","),
+        norm_prompts=positive + negative,
+    )
+    print_comparison(comparison, STEER_EXAMPLE["prompt"], width=None)
+
+
+def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a small smoke test (a few minutes)")
+    size.add_argument("--long", action="store_true", help="more data and training (~1 hour)")
+    parser.add_argument("--out", default="reports/demo", help="report folder")
+    parser.add_argument("--device", default=None)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Run ``tl-diffusion-prior demo``: every stage on the default model, then the report."""
+    scale = SCALES["quick" if args.quick or is_quick() else "long" if args.long else "default"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    summary: dict = {"scale": asdict(scale)}
+
+    stage("1/5 loading SmolLM2-135M-Instruct offline")
+    start = time.perf_counter()
+    model = load_default_model(device=args.device)
+    summary["load_s"] = time.perf_counter() - start
+    print(f"loaded in {summary['load_s']:.1f} s")
+
+    stage(f"2/5 capturing {scale.n_train:,} + {scale.n_val:,} activations at {DEFAULT_HOOK}")
+    buffer, capture, seconds = capture_corpus(model, "train", scale.n_train, scale.ctx)
+    print(describe_capture(capture, seconds))
+    summary["capture"] = {
+        "activations_per_s": buffer.num_pushed / seconds,
+        **asdict(capture.stats()),
+    }
+    val_buffer, _, _ = capture_corpus(model, "heldout", scale.n_val, scale.ctx)
+    val_acts = val_buffer.filled_rows(0).float()
+
+    stage("3/5 training the MLP flow prior and the UNet2D DDPM prior")
+    priors = build_priors(model)
+    results = {}
+    for name, prior in priors.items():
+        results[name] = train_demo_prior(name, prior, buffer, val_acts, scale, out)
+    summary["training"] = {
+        name: {
+            "parameters": priors[name].num_parameters,
+            "initial_val_loss": r.initial_val_loss,
+            "val_loss": r.final_val_loss,
+            "gaussian_reference": r.gaussian_reference,
+            "val_over_reference": r.val_over_reference,
+            "samples_per_s": r.samples_per_s,
+            "steps": r.steps,
+        }
+        for name, r in results.items()
+    }
+
+    stage("4/5 evaluating against PCA, Gaussian-posterior and TopK-SAE baselines")
+    summary["evaluation"] = evaluate_demo(model, priors, buffer, scale, out)
+
+    stage("5/5 steering one example: unsteered | steered | steered + MLP prior")
+    for r in STEER_EXAMPLE_SCALES:
+        steer_example(model, out / PRIORS_DIRNAME / "mlp", scale, r)
+
+    summary["total_s"] = time.perf_counter() - started
+    atomic_write_text(out / DEMO_SUMMARY_NAME, json.dumps(summary, indent=2, default=str))
+    print(f"\ndone in {summary['total_s'] / 60:.1f} min; report folder: {out}")
+    return 0

@@ -1,0 +1,149 @@
+"""``tl-diffusion-prior eval``: evaluate saved priors against baselines and write a report.
+
+    tl-diffusion-prior eval --prior runs/mlp --prior runs/unet --out reports/eval [--quick]
+
+Loads the model the priors name (``offline_model.load_model``), captures training activations from
+the corpus's train split to fit the baselines (or reuses ``--buffer`` / ``--baselines``), measures
+everything on the corpus's held-out split and on pydoc topics, and writes ``report.json``,
+``report.md``, ``plots/`` and the fitted baselines (``baselines/``) under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tl_diffusion_prior.constants import BASELINES_DIRNAME, REPORT_MD_NAME
+from tl_diffusion_prior.evaluate.settings import EvalSettings
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``eval`` options to ``parser`` (a subcommand parser of the main CLI)."""
+    parser.add_argument(
+        "--prior",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="a prior saved with save_pretrained; repeat for several",
+    )
+    parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small held-out sets and short sweeps (minutes on a CPU)",
+    )
+    parser.add_argument("--device", default=None, help="torch device for model and priors")
+    parser.add_argument(
+        "--buffer",
+        default=None,
+        metavar="PATH",
+        help="a saved ActivationRingBuffer to fit the baselines on",
+    )
+    parser.add_argument(
+        "--baselines",
+        default=None,
+        metavar="DIR",
+        help="reuse baselines saved by an earlier run (its baselines/ folder)",
+    )
+    parser.add_argument(
+        "--train-rows",
+        type=int,
+        default=None,
+        help="training activations to capture for the baselines",
+    )
+    parser.add_argument(
+        "--settings",
+        default=None,
+        metavar="JSON",
+        help="EvalSettings overrides as a JSON object or a path to one",
+    )
+    parser.add_argument("--seed", type=int, default=None)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> EvalSettings:
+    overrides = {}
+    if args.settings:
+        path = Path(args.settings)
+        overrides = json.loads(path.read_text() if path.is_file() else args.settings)
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--settings must be a JSON object, got {type(overrides).__name__}.")
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.train_rows is not None:
+        overrides["max_train_rows"] = args.train_rows
+    return EvalSettings.quick(**overrides) if args.quick else EvalSettings.from_dict(overrides)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run the evaluation the parsed ``args`` describe; returns the exit code."""
+    from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+    from tl_diffusion_prior.capture.capture import fill_buffer
+    from tl_diffusion_prior.data.models import load_model
+    from tl_diffusion_prior.data.token_source import corpus_token_source
+    from tl_diffusion_prior.evaluate.baselines.base import load_baseline
+    from tl_diffusion_prior.evaluate.report.run import (
+        Baselines,
+        fit_baselines,
+        run_evaluation,
+        write_report,
+    )
+    from tl_diffusion_prior.priors import load_prior
+
+    settings = _settings(args)
+    priors = [load_prior(path, device=args.device) for path in args.prior]
+    hook_name, model_name = priors[0].config.hook_name, priors[0].config.model_name
+    for prior, path in zip(priors, args.prior, strict=True):
+        if prior.config.model_name != model_name:
+            raise ValueError(
+                f"{path} was trained on {prior.config.model_name!r}, the first prior on "
+                f"{model_name!r}; evaluate priors of one model together."
+            )
+    model = load_model(model_name, device=args.device)
+    if args.buffer:
+        train = ActivationRingBuffer.load(args.buffer, device=args.device)
+    else:
+        # The same packed batches of the corpus's train split the trainer captures from.
+        source = corpus_token_source(
+            model.tokenizer,
+            "train",
+            batch_size=16,
+            ctx=settings.resolved_seq_len(priors),
+            shuffle_seed=settings.seed,
+        )
+        train = fill_buffer(model, source, hook_name, settings.max_train_rows)
+    if args.baselines:
+        folder = Path(args.baselines)
+        loaded = [load_baseline(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+        gaussians = [b for b in loaded if b.config.kind == "gaussian"]
+        if len(gaussians) != 1:
+            raise ValueError(
+                f"{folder} must hold exactly one gaussian baseline, found {len(gaussians)}."
+            )
+        baselines = Baselines(gaussians[0], [b for b in loaded if b.config.kind == "topk_sae"])
+    else:
+        baselines = fit_baselines(
+            train,
+            settings,
+            norm_eps=priors[0].config.norm_eps,
+            hook_name=hook_name,
+            model_name=model_name,
+            progress=True,
+        )
+        # Saved so that later runs can skip the SAE training (--baselines).
+        baselines.save(Path(args.out) / BASELINES_DIRNAME)
+    report = run_evaluation(
+        model,
+        priors,
+        train,
+        settings,
+        prior_dirs=args.prior,
+        baselines=baselines,
+        hook_name=hook_name,
+        model_name=model_name,
+    )
+    written = write_report(report, args.out)
+    print((Path(args.out) / REPORT_MD_NAME).read_text().split("## Held-out data")[0])
+    print(f"report written to {written['json'].parent}")
+    return 0

@@ -1,0 +1,271 @@
+"""``tl-diffusion-prior train``: capture activations from the corpus, train a prior, save it.
+
+    tl-diffusion-prior train --prior mlp --hook blocks.15.hook_resid_post \\
+        --n-activations 200000 --steps 2000 --batch-size 1024 --out runs/mlp
+
+Captures ``--n-activations`` rows from the packaged corpus's train split into a ring buffer and
+``--val-activations`` rows from its held-out split, trains (refilling the buffer with the next
+tokens every ``--refill-every`` steps), and writes the prior with ``save_pretrained(--out)`` plus
+its loss curve. Checkpoints go to ``--checkpoint-dir`` (default ``<out>.checkpoints``, a sibling,
+since saving replaces ``--out`` whole); ``--resume`` continues from the latest one.
+
+Under ``torchrun --nproc_per_node N -m tl_diffusion_prior.cli.main train ...`` every rank captures
+its own shard of the corpus; normalisation statistics, gradients and losses are reduced across
+ranks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from tl_diffusion_prior.constants import (
+    DEFAULT_HOOK,
+    DEFAULT_MODEL_NAME,
+    LOSS_CSV_NAME,
+    LOSS_PNG_NAME,
+)
+from tl_diffusion_prior.recipes import PRIOR_PRESETS, TRAIN_PRESETS
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``train`` subcommand's options."""
+    parser.add_argument("--prior", default="mlp", help="prior design: mlp or unet")
+    parser.add_argument("--hook", default=DEFAULT_HOOK, help="full TransformerLens hook name")
+    parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="TransformerLens model name")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--out", required=True, help="directory the trained prior is saved to")
+    parser.add_argument(
+        "--preset",
+        choices=sorted(TRAIN_PRESETS),
+        default="cpu",
+        help="defaults for every option below that is not given (cpu: ~10 minutes of training "
+        "per design on a 2-core CPU)",
+    )
+    parser.add_argument("--n-activations", type=int, help="buffer capacity (initial capture)")
+    parser.add_argument("--val-activations", type=int, help="held-out rows for validation")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--batch-size", type=int, help="rows per step and per rank")
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--ema-decay", type=float, help="0 disables the EMA")
+    parser.add_argument("--grad-clip", type=float)
+    parser.add_argument("--warmup-fraction", type=float)
+    parser.add_argument("--log-every", type=int)
+    parser.add_argument("--eval-every", type=int)
+    parser.add_argument("--checkpoint-every", type=int)
+    parser.add_argument("--checkpoint-dir", help="default: <out>.checkpoints")
+    parser.add_argument("--refill-every", type=int, help="steps between buffer refills; 0 never")
+    parser.add_argument("--refill-fraction", type=float)
+    parser.add_argument("--time-budget", type=float, help="seconds of training in this session")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--autocast", choices=["auto", "bf16", "off"], default="auto")
+    parser.add_argument("--ctx", type=int, default=128, help="tokens per captured sequence")
+    parser.add_argument("--capture-batch-size", type=int, default=16, help="sequences per forward")
+    parser.add_argument("--buffer-dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--outlier-multiple", type=float, default=5.0)
+    parser.add_argument(
+        "--prior-preset", help="a preset of the prior's config, e.g. writeup for --prior unet"
+    )
+    parser.add_argument(
+        "--prior-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="prior config field, VALUE as JSON (e.g. depth=6); repeatable",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _option(args: argparse.Namespace, name: str) -> Any:
+    value = getattr(args, name, None)
+    if value is not None:
+        return value
+    design = PRIOR_PRESETS.get(args.prior, {}).get(args.preset, {})
+    if name in design:
+        return design[name]
+    return TRAIN_PRESETS.get(args.preset, TRAIN_PRESETS["cpu"]).get(name)
+
+
+def _prior_options(pairs: list[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--prior-option expects KEY=VALUE, got {pair!r}.")
+        try:
+            options[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key] = raw
+    return options
+
+
+def build_train_config(args: argparse.Namespace, checkpoint_dir: str) -> Any:
+    from tl_diffusion_prior.training.config import TrainConfig
+
+    fields: dict[str, Any] = {
+        "steps": _option(args, "steps"),
+        "batch_size": _option(args, "batch_size"),
+        "checkpoint_dir": checkpoint_dir,
+        "seed": args.seed,
+        "autocast": args.autocast,
+        "progress": not args.no_progress,
+        "time_budget_s": args.time_budget,
+    }
+    for name in (
+        "lr",
+        "weight_decay",
+        "ema_decay",
+        "grad_clip",
+        "warmup_fraction",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "refill_every",
+        "refill_fraction",
+    ):
+        value = _option(args, name)
+        if value is not None:
+            fields[name] = value
+    fields["val_size"] = _option(args, "val_activations")
+    return TrainConfig(**fields)
+
+
+def build_prior_config(prior_cls: Any, args: argparse.Namespace, d_model: int) -> Any:
+    """The prior's config from ``--prior-preset`` and ``--prior-option``s."""
+    fields = dict(d_model=d_model, hook_name=args.hook, model_name=args.model)
+    fields.update(_prior_options(args.prior_option))
+    if args.prior_preset is None:
+        return prior_cls.config_class(**fields)
+    preset = getattr(prior_cls.config_class, "preset", None)
+    if preset is None:
+        raise ValueError(f"--prior-preset: the {args.prior!r} prior has no presets.")
+    return preset(args.prior_preset, **fields)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Capture, train and save; returns the process exit code."""
+    import torch
+
+    from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+    from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
+    from tl_diffusion_prior.capture.refill import make_refill
+    from tl_diffusion_prior.core import distributed
+    from tl_diffusion_prior.data.corpus import corpus_sources
+    from tl_diffusion_prior.data.models import load_model
+    from tl_diffusion_prior.data.token_source import corpus_token_source
+    from tl_diffusion_prior.priors import PRIOR_REGISTRY
+    from tl_diffusion_prior.training.checkpoint import latest_checkpoint
+    from tl_diffusion_prior.training.trainer import train_prior
+
+    if args.prior not in PRIOR_REGISTRY:
+        raise ValueError(f"--prior must be one of {sorted(PRIOR_REGISTRY)}, got {args.prior!r}.")
+    out = Path(args.out)
+    checkpoint_dir = args.checkpoint_dir or str(out.with_name(out.name + ".checkpoints"))
+    config = build_train_config(args, checkpoint_dir)
+    resuming = args.resume and latest_checkpoint(checkpoint_dir) is not None
+    if not args.resume and latest_checkpoint(checkpoint_dir) is not None:
+        raise ValueError(
+            f"{checkpoint_dir} already holds checkpoints; pass --resume to continue that run, or "
+            "choose another --out / --checkpoint-dir."
+        )
+    env = distributed.init_from_env(args.device)
+    say = print if env.is_main else (lambda *a, **k: None)
+    try:
+        model = load_model(args.model, device=env.device)
+        d_model = model.cfg.d_model
+        prior_cls = PRIOR_REGISTRY[args.prior]
+        prior_config = build_prior_config(prior_cls, args, d_model)
+        torch.manual_seed(args.seed)
+        prior = prior_cls(prior_config).to(env.device)
+        say(
+            f"{args.prior} prior: {prior.num_parameters:,} parameters; world size "
+            f"{env.world_size}, device {env.device}"
+        )
+
+        n_activations = _option(args, "n_activations")
+        n_val = config.val_size
+        shard = dict(rank=env.rank, world_size=env.world_size)
+        common = dict(batch_size=args.capture_batch_size, ctx=args.ctx)
+        train_source = corpus_token_source(
+            model.tokenizer, "train", shuffle_seed=args.seed, epochs=None, **common, **shard
+        )
+        heldout_source = corpus_token_source(model.tokenizer, "heldout", **common, **shard)
+        capture_config = CaptureConfig(outlier_multiple=args.outlier_multiple)
+        buffer = ActivationRingBuffer(
+            n_activations,
+            d_model,
+            [args.hook],
+            device=env.device,
+            dtype=getattr(torch, args.buffer_dtype),
+        )
+        capture = ActivationCapture(model, [args.hook], buffer, capture_config)
+        start = time.perf_counter()
+        if not resuming:  # a resumed run restores the buffer from its checkpoint
+            fill_buffer(
+                model,
+                train_source,
+                [args.hook],
+                n_activations,
+                buffer=buffer,
+                capture=capture,
+                progress=env.is_main,
+            )
+        val_buffer = ActivationRingBuffer(n_val, d_model, [args.hook], device=env.device)
+        fill_buffer(
+            model,
+            heldout_source,
+            [args.hook],
+            n_val,
+            buffer=val_buffer,
+            config=capture_config,
+            progress=env.is_main,
+        )
+        capture_s = time.perf_counter() - start
+        say(
+            f"captured {buffer.num_pushed:,} train and {val_buffer.num_pushed:,} held-out "
+            f"activations per rank in {capture_s:.1f} s"
+        )
+
+        refill = make_refill(model, train_source, [args.hook], buffer, capture=capture)
+        provenance = {
+            "model_name": args.model,
+            "corpus": "tl_diffusion_prior packaged corpus",
+            "corpus_sources": corpus_sources(),
+            "corpus_split": "train",
+            "ctx": args.ctx,
+            "n_activations": n_activations,
+            "val_activations": n_val,
+            "outlier_multiple": args.outlier_multiple,
+            "capture_s": round(capture_s, 2),
+        }
+        result = train_prior(
+            prior,
+            buffer,
+            config,
+            val_activations=val_buffer.filled_rows(args.hook),
+            refill=refill if config.refill_every else None,
+            resume=bool(args.resume),
+            provenance=provenance,
+        )
+        if env.is_main:
+            prior.save_pretrained(out)
+            for name in (LOSS_CSV_NAME, LOSS_PNG_NAME):
+                if (Path(checkpoint_dir) / name).is_file():
+                    shutil.copy2(Path(checkpoint_dir) / name, out / name)
+        say(
+            f"{result.stopped_reason} after {result.steps} steps ({result.elapsed_s:.0f} s, "
+            f"{result.samples_per_s:,.0f} samples/s): val loss {result.initial_val_loss:.4f} "
+            f"at the start, {result.final_val_loss:.4f} at the end; "
+            f"Gaussian reference {result.gaussian_reference:.4f}, ratio "
+            f"{result.val_over_reference:.3f}. Prior saved to {out}"
+        )
+        distributed.barrier()
+    finally:
+        distributed.cleanup()
+    return 0

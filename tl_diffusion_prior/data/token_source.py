@@ -1,0 +1,559 @@
+"""Token sources: packed ``(batch, ctx)`` token batches from text, resumable and shardable.
+
+Packing. Every document is tokenised without special tokens and the documents are concatenated
+into one stream per epoch, ``doc_1 SEP doc_2 SEP ...``, where SEP is the tokenizer's EOS token by
+default (``separator=``), so a row that spans two documents shows where one ends. Each row is BOS
+followed by the next ``ctx - 1`` stream tokens (``ctx`` tokens when ``prepend_bos=False``): rows
+start mid-document, as in language-model pretraining, and no token is padding. Tokens left at the
+end of an epoch (less than one row) are dropped; batches run on across epochs, so only the very
+last batch of a finite source can be short (and ``drop_remainder`` drops it).
+
+Sharding. The sequence of batches is dealt round-robin: with ``world_size`` W, rank r yields
+batches r, r + W, r + 2W, ... of the unsharded source, so ranks never share a batch and together
+see all of them. With ``drop_remainder`` a last incomplete round is dropped, so every rank yields
+the same number of batches (distributed training would hang otherwise). Each rank tokenises the
+whole stream, which costs seconds for the few million tokens of the default corpus.
+
+Resuming. A source remembers how many batches it has yielded; ``state_dict()`` is a small JSON-able
+dict and ``load_state_dict()`` makes the next batch the one that would have come next. Iterating
+again continues from the current position; ``reset()`` goes back to the start.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import itertools
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from tl_diffusion_prior.data.corpus import Document, load_corpus
+
+STATE_FORMAT_VERSION = 1
+_ROWS_PER_BLOCK = 256  # rows cut from the stream at a time: large enough for fast numpy slicing
+
+
+class TokenSource(abc.ABC):
+    """An iterable of ``Int[Tensor, "batch ctx"]`` (``torch.long``) batches with a position.
+
+    Attributes:
+        batch_size: Rows per batch.
+        ctx: Tokens per row.
+        rank: This shard's index in ``[0, world_size)``.
+        world_size: Number of shards the batches are dealt to.
+    """
+
+    batch_size: int
+    ctx: int
+    rank: int
+    world_size: int
+
+    @abc.abstractmethod
+    def __iter__(self) -> Iterator[Int[Tensor, "batch ctx"]]:
+        """Yield batches from the current position on."""
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able position (and the settings it is only valid for)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Move to the position saved by ``state_dict()``."""
+
+    @abc.abstractmethod
+    def shard(self, rank: int, world_size: int) -> TokenSource:
+        """A copy at the start that yields only shard ``rank`` of ``world_size``."""
+
+
+def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+
+
+def _check_shard(rank: Any, world_size: Any) -> None:
+    _check_positive_int("world_size", world_size)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(
+            f"rank must be an integer in [0, world_size={world_size}), got {rank!r}; pass the "
+            "process's rank, e.g. torch.distributed.get_rank()."
+        )
+
+
+def _as_text(item: Any) -> str:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, Document):
+        return item.text
+    raise TypeError(
+        f"texts must contain str or Document items, got {type(item).__name__}; for a dataset pass "
+        "its text column (see hf_dataset_token_source)."
+    )
+
+
+class TextTokenSource(TokenSource):
+    """Packed token batches from texts or ``Document``s (see the module docstring for packing).
+
+    Args:
+        texts: The documents. A ``Sequence`` (list, tuple, ``load_corpus()``) is tokenised once
+            and its tokens kept in memory, which makes epochs, shuffling and resuming cheap. Any
+            other iterable is streamed and tokenised again each epoch; it must be re-iterable
+            when ``epochs != 1``, and cannot be shuffled here.
+        tokenizer: A Hugging Face tokenizer, e.g. ``model.tokenizer`` of a HookedTransformer.
+        batch_size: Rows per batch.
+        ctx: Tokens per row, BOS included.
+        prepend_bos: Put ``tokenizer.bos_token_id`` at position 0 of every row.
+        separator: Token placed after every document: ``"eos"`` (default), ``"bos"``, a token
+            id, or ``"none"`` to concatenate documents directly.
+        shuffle_seed: If set, documents are shuffled with this seed, differently every epoch
+            (and reproducibly). ``None`` keeps the given order.
+        drop_remainder: Drop the last batch if it is short (and, when sharded, the last round
+            if some rank would get no batch in it).
+        epochs: Passes over the texts; ``None`` repeats forever.
+        rank: This shard's index (see ``shard``).
+        world_size: Number of shards.
+        encode_batch: Documents tokenised per call of the tokenizer.
+    """
+
+    def __init__(
+        self,
+        texts: Iterable[str] | Iterable[Document],
+        tokenizer: Any,
+        batch_size: int,
+        ctx: int,
+        prepend_bos: bool = True,
+        shuffle_seed: int | None = None,
+        drop_remainder: bool = True,
+        *,
+        separator: Literal["eos", "bos", "none"] | int = "eos",
+        epochs: int | None = 1,
+        rank: int = 0,
+        world_size: int = 1,
+        encode_batch: int = 64,
+    ):
+        if isinstance(texts, str | bytes):
+            raise TypeError(
+                "texts must be an iterable of documents, got a single string; wrap it: [text]."
+            )
+        if not isinstance(texts, Iterable):
+            raise TypeError(f"texts must be an iterable of str or Document, got {type(texts)}.")
+        if not callable(tokenizer):
+            raise TypeError(
+                f"tokenizer must be a Hugging Face tokenizer (callable), got {type(tokenizer)}."
+            )
+        _check_positive_int("batch_size", batch_size)
+        _check_positive_int("ctx", ctx, minimum=2 if prepend_bos else 1)
+        _check_positive_int("encode_batch", encode_batch)
+        if epochs is not None:
+            _check_positive_int("epochs", epochs)
+        _check_shard(rank, world_size)
+        self._is_sequence = isinstance(texts, Sequence)
+        if shuffle_seed is not None and not self._is_sequence:
+            raise ValueError(
+                f"shuffle_seed={shuffle_seed} needs texts to be a Sequence, got "
+                f"{type(texts).__name__}; pass list(texts), or shuffle the stream itself."
+            )
+        if not self._is_sequence and iter(texts) is texts and epochs != 1:
+            raise ValueError(
+                f"epochs={epochs} needs re-iterable texts, but a one-shot iterator "
+                f"({type(texts).__name__}) was given; pass a list or a re-iterable object."
+            )
+        self.texts = texts
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.ctx = ctx
+        self.prepend_bos = prepend_bos
+        self.separator = separator
+        self.shuffle_seed = shuffle_seed
+        self.drop_remainder = drop_remainder
+        self.epochs = epochs
+        self.rank = rank
+        self.world_size = world_size
+        self.encode_batch = encode_batch
+        self.bos_token_id = self._special_id("bos") if prepend_bos else None
+        self.separator_id = self._separator_id(separator)
+        self._cache: list[np.ndarray | None] | None = (
+            [None] * len(texts) if self._is_sequence else None
+        )
+        self._batches_yielded = 0
+
+    # ------------------------------------------------------------------ settings
+
+    def _special_id(self, which: Literal["bos", "eos"]) -> int:
+        token_id = getattr(self.tokenizer, f"{which}_token_id", None)
+        if token_id is None:
+            raise ValueError(
+                f"The tokenizer has no {which}_token_id, which "
+                + ("prepend_bos=True" if which == "bos" else f"separator={which!r}")
+                + " needs; set it on the tokenizer, or pass "
+                + ("prepend_bos=False." if which == "bos" else "separator=<token id> or 'none'.")
+            )
+        return int(token_id)
+
+    def _separator_id(self, separator: Any) -> int | None:
+        if separator == "none":
+            return None
+        if separator in ("eos", "bos"):
+            return self._special_id(separator)
+        if isinstance(separator, int) and not isinstance(separator, bool) and separator >= 0:
+            return separator
+        raise ValueError(
+            f"separator must be 'eos', 'bos', 'none' or a token id >= 0, got {separator!r}."
+        )
+
+    @property
+    def row_tokens(self) -> int:
+        """Stream tokens per row (``ctx`` less the BOS)."""
+        return self.ctx - 1 if self.prepend_bos else self.ctx
+
+    # ------------------------------------------------------------------ tokenising
+
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        encoded = self.tokenizer(
+            texts, add_special_tokens=False, return_attention_mask=False, verbose=False
+        )["input_ids"]
+        return [np.asarray(ids, dtype=np.int64) for ids in encoded]
+
+    def _ensure_cached(self, indices: Sequence[int]) -> None:
+        missing = [i for i in indices if self._cache[i] is None]
+        for start in range(0, len(missing), self.encode_batch):
+            chunk = missing[start : start + self.encode_batch]
+            encoded = self._encode([_as_text(self.texts[i]) for i in chunk])
+            for index, ids in zip(chunk, encoded, strict=True):
+                self._cache[index] = ids
+
+    def _document_order(self, epoch: int) -> list[int]:
+        if self.shuffle_seed is None:
+            return list(range(len(self.texts)))
+        rng = np.random.default_rng([self.shuffle_seed, epoch])
+        return rng.permutation(len(self.texts)).tolist()
+
+    def _documents(self, epoch: int) -> Iterator[np.ndarray]:
+        """Token arrays of one epoch's documents, in order, empty documents left out."""
+        if self._is_sequence:
+            order = self._document_order(epoch)
+            for start in range(0, len(order), self.encode_batch):
+                chunk = order[start : start + self.encode_batch]
+                self._ensure_cached(chunk)
+                yield from (self._cache[i] for i in chunk if len(self._cache[i]))
+            return
+        items = iter(self.texts)
+        while chunk := [_as_text(item) for item in itertools.islice(items, self.encode_batch)]:
+            yield from (ids for ids in self._encode(chunk) if len(ids))
+
+    def rows_per_epoch(self) -> int:
+        """Rows one epoch gives (tokenises every document of a Sequence; not for streams)."""
+        if not self._is_sequence:
+            raise ValueError(
+                "rows_per_epoch() needs texts to be a Sequence; a stream's is unknown."
+            )
+        self._ensure_cached(range(len(self.texts)))
+        extra = 0 if self.separator_id is None else 1
+        stream = sum(len(ids) + extra for ids in self._cache if len(ids))
+        return stream // self.row_tokens
+
+    # ------------------------------------------------------------------ packing
+
+    def _epoch_rows(self, epoch: int) -> Iterator[np.ndarray]:
+        """Blocks of packed rows, ``(n, ctx)`` each, for one epoch."""
+        width = self.row_tokens
+        pending: list[np.ndarray] = []
+        pending_len = 0
+        separator = None if self.separator_id is None else np.array([self.separator_id])
+        for ids in self._documents(epoch):
+            pending.append(ids)
+            pending_len += len(ids)
+            if separator is not None:
+                pending.append(separator)
+                pending_len += 1
+            if pending_len >= width * _ROWS_PER_BLOCK:
+                block, pending, pending_len = self._cut_rows(pending, pending_len)
+                yield block
+        if pending_len >= width:
+            yield self._cut_rows(pending, pending_len)[0]
+
+    def _cut_rows(
+        self, pending: list[np.ndarray], pending_len: int
+    ) -> tuple[np.ndarray, list[np.ndarray], int]:
+        width = self.row_tokens
+        stream = np.concatenate(pending)
+        n_rows = pending_len // width
+        body = stream[: n_rows * width].reshape(n_rows, width)
+        if self.prepend_bos:
+            rows = np.empty((n_rows, self.ctx), dtype=np.int64)
+            rows[:, 0] = self.bos_token_id
+            rows[:, 1:] = body
+        else:
+            rows = body.copy()
+        rest = stream[n_rows * width :]
+        return rows, [rest], len(rest)
+
+    def _rows_from(self, start_row: int) -> Iterator[np.ndarray]:
+        """Row blocks of all epochs, starting at global row ``start_row``."""
+        epoch = 0
+        if start_row and self._is_sequence:  # jump over whole epochs without packing them
+            per_epoch = self.rows_per_epoch()
+            if per_epoch == 0:
+                return
+            epoch, start_row = divmod(start_row, per_epoch)
+        epochs = itertools.count(epoch) if self.epochs is None else range(epoch, self.epochs)
+        for epoch in epochs:
+            produced = 0
+            for block in self._epoch_rows(epoch):
+                produced += len(block)
+                if start_row >= len(block):
+                    start_row -= len(block)
+                    continue
+                yield block[start_row:]
+                start_row = 0
+            if produced == 0:  # nothing to pack: repeating would spin forever
+                return
+
+    def _global_batches(self, start_batch: int) -> Iterator[np.ndarray]:
+        """All batches of the unsharded source from global batch ``start_batch`` on."""
+        buffer: list[np.ndarray] = []
+        buffered = 0
+        for block in self._rows_from(start_batch * self.batch_size):
+            buffer.append(block)
+            buffered += len(block)
+            if buffered >= self.batch_size:
+                rows = np.concatenate(buffer)
+                n_full = len(rows) // self.batch_size
+                yield from rows[: n_full * self.batch_size].reshape(n_full, self.batch_size, -1)
+                buffer, buffered = [rows[n_full * self.batch_size :]], len(rows) % self.batch_size
+        if buffered and not self.drop_remainder:
+            yield np.concatenate(buffer)
+
+    # ------------------------------------------------------------------ TokenSource
+
+    def __iter__(self) -> Iterator[Int[Tensor, "batch ctx"]]:
+        batches = self._global_batches(self._batches_yielded * self.world_size)
+        while True:
+            round_ = list(itertools.islice(batches, self.world_size))
+            complete = len(round_) == self.world_size and len(round_[-1]) == self.batch_size
+            if not round_ or (self.drop_remainder and not complete) or len(round_) <= self.rank:
+                return
+            self._batches_yielded += 1
+            yield torch.from_numpy(np.ascontiguousarray(round_[self.rank]))
+
+    def _settings(self) -> dict[str, Any]:
+        settings = {
+            "batch_size": self.batch_size,
+            "ctx": self.ctx,
+            "prepend_bos": self.prepend_bos,
+            "separator": self.separator,
+            "shuffle_seed": self.shuffle_seed,
+            "drop_remainder": self.drop_remainder,
+            "epochs": self.epochs,
+            "rank": self.rank,
+            "world_size": self.world_size,
+        }
+        if self._is_sequence:
+            settings["num_texts"] = len(self.texts)
+        return settings
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": type(self).__name__,
+            "format_version": STATE_FORMAT_VERSION,
+            "batches_yielded": self._batches_yielded,
+            **self._settings(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if not isinstance(state, Mapping) or state.get("kind") != type(self).__name__:
+            raise ValueError(
+                f"state must come from {type(self).__name__}.state_dict(), got "
+                f"{dict(state) if isinstance(state, Mapping) else type(state)}."
+            )
+        mismatched = {
+            key: (state.get(key), value)
+            for key, value in self._settings().items()
+            if state.get(key) != value
+        }
+        if mismatched:
+            detail = ", ".join(f"{k}: saved {s!r}, here {h!r}" for k, (s, h) in mismatched.items())
+            raise ValueError(
+                f"Cannot resume exactly: the saved state was made with other settings ({detail}). "
+                "Rebuild the source with the saved settings."
+            )
+        position = state.get("batches_yielded")
+        _check_positive_int("state['batches_yielded']", position, minimum=0)
+        self._batches_yielded = position
+
+    def shard(self, rank: int, world_size: int) -> TextTokenSource:
+        """A copy at the start that yields batches ``rank, rank + world_size, ...`` only.
+
+        The copy shares the texts, tokenizer and token cache (read-only after tokenising).
+        """
+        _check_shard(rank, world_size)
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size, sharded._batches_yielded = rank, world_size, 0
+        return sharded
+
+    def reset(self) -> None:
+        """Go back to the first batch."""
+        self._batches_yielded = 0
+
+
+# ---------------------------------------------------------------------- convenience constructors
+
+
+def corpus_token_source(
+    tokenizer: Any,
+    split: Literal["train", "heldout"] = "train",
+    batch_size: int = 16,
+    ctx: int = 128,
+    sources: Sequence[str] | None = None,
+    **kwargs: Any,
+) -> TextTokenSource:
+    """Token batches from the packaged corpus (``load_corpus(split, sources)``).
+
+    ``kwargs`` go to ``TextTokenSource`` (``shuffle_seed``, ``epochs``, ``rank``, ...).
+    """
+    return TextTokenSource(load_corpus(split, sources), tokenizer, batch_size, ctx, **kwargs)
+
+
+class _TextFiles:
+    """Re-iterable texts of files, read lazily; files longer than ``max_chars`` come in parts cut
+    at line breaks (a separator then goes between parts too: one token per part)."""
+
+    def __init__(self, paths: Sequence[Path], encoding: str, max_chars: int):
+        self.paths, self.encoding, self.max_chars = paths, encoding, max_chars
+
+    def __iter__(self) -> Iterator[str]:
+        for path in self.paths:
+            with open(path, encoding=self.encoding) as file:
+                buffer = ""
+                for chunk in iter(lambda f=file: f.read(self.max_chars), ""):
+                    buffer += chunk
+                    while len(buffer) > self.max_chars:
+                        cut = buffer.rfind("\n", 0, self.max_chars) + 1 or self.max_chars
+                        yield buffer[:cut]
+                        buffer = buffer[cut:]
+                if buffer:
+                    yield buffer
+
+
+def text_file_token_source(
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    tokenizer: Any,
+    batch_size: int = 16,
+    ctx: int = 128,
+    encoding: str = "utf-8",
+    max_document_chars: int = 1_000_000,
+    **kwargs: Any,
+) -> TextTokenSource:
+    """Token batches from plain-text files, one document per file, streamed from disk.
+
+    Args:
+        paths: A file or a list of files.
+        max_document_chars: Longer files are tokenised in parts of about this many characters.
+        kwargs: Go to ``TextTokenSource``. ``shuffle_seed`` reads every file into memory first
+            (to shuffle whole documents).
+    """
+    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    if not path_list:
+        raise ValueError("paths must name at least one text file, got an empty list.")
+    resolved = [Path(p) for p in path_list]
+    missing = [str(p) for p in resolved if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"text_file_token_source: no such file(s): {missing}.")
+    _check_positive_int("max_document_chars", max_document_chars)
+    texts: Iterable[str] = _TextFiles(resolved, encoding, max_document_chars)
+    if kwargs.get("shuffle_seed") is not None:
+        texts = list(texts)
+    return TextTokenSource(texts, tokenizer, batch_size, ctx, **kwargs)
+
+
+class _ColumnSequence(Sequence):
+    """One text column of a map-style ``datasets.Dataset``, as a lazy sequence of str."""
+
+    def __init__(self, dataset: Any, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.dataset[int(index)][self.column]
+
+
+class _ColumnStream:
+    """One text column of a ``datasets.IterableDataset``, re-iterable."""
+
+    def __init__(self, dataset: Any, column: str):
+        self.dataset, self.column = dataset, column
+
+    def __iter__(self) -> Iterator[str]:
+        for row in self.dataset:
+            if self.column not in row:
+                raise ValueError(
+                    f"text_column={self.column!r} is not in the dataset; its columns are "
+                    f"{sorted(row)}."
+                )
+            yield row[self.column]
+
+
+def hf_dataset_token_source(
+    name: Any,
+    tokenizer: Any,
+    split: str = "train",
+    text_column: str = "text",
+    streaming: bool = True,
+    batch_size: int = 16,
+    ctx: int = 128,
+    dataset_kwargs: Mapping[str, Any] | None = None,
+    shuffle_buffer: int = 10_000,
+    **kwargs: Any,
+) -> TextTokenSource:
+    """Token batches from a Hugging Face dataset (needs the ``datasets`` package, and a hub or
+    local files for a name).
+
+    Args:
+        name: A dataset name or path for ``datasets.load_dataset`` (with ``split``, ``streaming``
+            and ``dataset_kwargs``), or an already loaded ``Dataset`` / ``IterableDataset``.
+        text_column: Column holding the text.
+        streaming: Stream the dataset instead of downloading it whole (names only).
+        shuffle_buffer: Buffer size for shuffling a streamed dataset when ``shuffle_seed`` is set;
+            a map-style dataset is shuffled exactly.
+        kwargs: Go to ``TextTokenSource``.
+    """
+    try:
+        import datasets
+    except ImportError as error:
+        raise ValueError(
+            "hf_dataset_token_source needs the 'datasets' package: pip install datasets."
+        ) from error
+    if isinstance(name, str | os.PathLike):
+        dataset = datasets.load_dataset(
+            str(name), split=split, streaming=streaming, **dict(dataset_kwargs or {})
+        )
+    else:
+        dataset = name
+    if isinstance(dataset, datasets.Dataset):
+        if text_column not in dataset.column_names:
+            raise ValueError(
+                f"text_column={text_column!r} is not in the dataset; its columns are "
+                f"{dataset.column_names}."
+            )
+        texts: Iterable[str] = _ColumnSequence(dataset, text_column)
+    elif isinstance(dataset, datasets.IterableDataset):
+        seed = kwargs.pop("shuffle_seed", None)
+        if seed is not None:
+            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
+        texts = _ColumnStream(dataset, text_column)
+    else:
+        raise TypeError(
+            f"name must be a dataset name/path, a datasets.Dataset or a datasets.IterableDataset "
+            f"(one split), got {type(dataset).__name__}; pick a split, e.g. dataset['train']."
+        )
+    return TextTokenSource(texts, tokenizer, batch_size, ctx, **kwargs)

@@ -1,0 +1,375 @@
+"""Activation steering at a TransformerLens hook, optionally projected back on-manifold by a prior.
+
+    with steer(model, "blocks.15.hook_resid_post", vector, scale=4.0, prior=prior,
+               scale_mode="relative", seed=0):
+        model.generate("I think", max_new_tokens=40, do_sample=False)
+
+or ``handle = attach_steering(...)`` ... ``handle.detach()``.
+
+What the hook does at every steered position (see :mod:`~tl_diffusion_prior.steering.positions`
+for which positions those are, with and without the KV cache):
+
+1. add ``alpha * vector``; the whole tensor then passes through the new hook point
+   ``<hook>.hook_steered``;
+2. with a prior, the steered positions (all of them, in one batched call) are replaced by
+   ``prior.denoise(x, t_start, num_steps, noise=...)``; the whole tensor then passes through
+   ``<hook>.hook_denoised``. The noise at a position is a function of (seed, batch row, absolute
+   position) only, so generation without the KV cache, which recomputes earlier positions at every
+   step, re-noises them identically.
+
+Each row's first real position (BOS / attention sink) and padding are never touched: the hooked
+tensor keeps the model's values there, in every hook point.
+
+What each name shows: the steering hook is registered first (``prepend=True``) at the host hook,
+so every other hook and cache entry under the host name sees the value the rest of the model
+receives (steered, and denoised with a prior). ``<hook>.hook_steered`` shows the activation after
+the addition and before denoising, ``<hook>.hook_denoised`` after it; both are full
+``[batch, pos, d_model]`` tensors, and hooks on them may edit them (the result is checked).
+Without a prior only ``hook_steered`` is added.
+
+Hook bookkeeping: the steering hook is permanent (``is_permanent=True``), so ``model.reset_hooks()``
+and the cleanup of ``model.hooks()`` / ``run_with_hooks`` contexts leave it alone, and detaching
+removes exactly that one hook, never anyone else's. ``reset_hooks(including_permanent=True)`` does
+remove it (``handle.is_active`` then turns False); ``detach`` still cleans up the rest. The
+denoised positions carry no gradient (the prior runs under ``no_grad``); plain steering does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedTransformer
+from transformer_lens.hook_points import HookPoint
+
+from tl_diffusion_prior.capture.hook_names import layer_of, validate_hook_names
+from tl_diffusion_prior.priors.base import DiffusionPrior
+from tl_diffusion_prior.steering.config import (
+    SteeringConfig,
+    reference_norm_from_prior,
+)
+from tl_diffusion_prior.steering.noise import MAX_SEED, PositionNoise
+from tl_diffusion_prior.steering.positions import PositionTracker
+
+STEERED_HOOK = "hook_steered"
+DENOISED_HOOK = "hook_denoised"
+
+
+class SteeringHandle:
+    """A steering attached to a model; :meth:`detach` removes it (also usable with ``with``).
+
+    Attributes:
+        hook_name: The host hook.
+        steered_hook_name: ``<hook>.hook_steered``.
+        denoised_hook_name: ``<hook>.hook_denoised``, or None without a prior.
+        alpha: The absolute scale added (``scale``, or ``scale * reference norm``).
+        seed: The seed of the denoising noise.
+        config: The :class:`SteeringConfig`.
+    """
+
+    def __init__(
+        self,
+        model: HookedTransformer,
+        hook_name: str,
+        vector: Tensor,
+        prior: DiffusionPrior | None,
+        config: SteeringConfig,
+        alpha: float,
+        seed: int,
+    ) -> None:
+        self.model = model
+        self.hook_name = hook_name
+        self.layer = layer_of(hook_name)
+        self.vector = vector
+        self.prior = prior
+        self.config = config
+        self.alpha = alpha
+        self.seed = seed
+        self.steered_hook_name = f"{hook_name}.{STEERED_HOOK}"
+        self.denoised_hook_name = f"{hook_name}.{DENOISED_HOOK}" if prior is not None else None
+        self._host: HookPoint = model.hook_dict[hook_name]
+        self._delta = (alpha * vector.double()).to(vector.dtype)
+        self._noise = PositionNoise(seed, vector.shape[0], vector.device)
+        self._points: dict[str, HookPoint] = {}
+        self._lens_handle = None
+        self._tracker: PositionTracker | None = None
+        self._attached = False
+
+    # ------------------------------------------------------------------- attach / detach
+    def _attach(self) -> None:
+        succeeded = False
+        self._attached = True
+        try:
+            self._tracker = PositionTracker.acquire(self.model, self.layer)
+            names = [STEERED_HOOK] + ([DENOISED_HOOK] if self.prior is not None else [])
+            for name in names:
+                point = HookPoint()
+                self._host.add_module(name, point)
+                self._points[name] = point
+            self.model.setup()
+            self._host.add_hook(self._hook, dir="fwd", is_permanent=True, prepend=True)
+            self._lens_handle = self._host.fwd_hooks[0]
+            succeeded = True
+        finally:
+            if not succeeded:
+                self.detach()
+
+    def detach(self) -> None:
+        """Remove the hook, the added hook points and the position tracking. Idempotent."""
+        if not self._attached:
+            return
+        self._attached = False
+        try:
+            if self._lens_handle is not None:
+                self._lens_handle.hook.remove()
+                self._host.fwd_hooks = [
+                    h for h in self._host.fwd_hooks if h is not self._lens_handle
+                ]
+                self._lens_handle = None
+        finally:
+            try:
+                for name, point in self._points.items():
+                    if self._host._modules.get(name) is point:
+                        del self._host._modules[name]
+                self._points.clear()
+                self.model.setup()
+            finally:
+                if self._tracker is not None:
+                    self._tracker.release(self.layer)
+                    self._tracker = None
+
+    @property
+    def is_attached(self) -> bool:
+        """True between attaching and :meth:`detach`."""
+        return self._attached
+
+    @property
+    def is_active(self) -> bool:
+        """Attached and its hook still registered (``reset_hooks(including_permanent=True)``
+        removes it)."""
+        return self._attached and any(h is self._lens_handle for h in self._host.fwd_hooks)
+
+    def __enter__(self) -> SteeringHandle:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        prior = "none" if self.prior is None else type(self.prior).__name__
+        return (
+            f"SteeringHandle({self.hook_name!r}, alpha={self.alpha:.4g}, prior={prior}, "
+            f"positions={self.config.positions!r}, attached={self._attached})"
+        )
+
+    # ---------------------------------------------------------------------------- hook
+    def _hook(self, activation: Tensor, hook: HookPoint) -> Tensor | None:
+        tracker = self._tracker
+        if tracker is None or tracker.suspended:
+            return None
+        self._check_activation(activation)
+        batch, n_new, _ = activation.shape
+        call = tracker.call_positions(self.layer, batch, n_new)
+        mask = call.steer_mask(self.config.positions, activation.device)
+        steered = torch.addcmul(activation, mask.unsqueeze(-1).to(activation.dtype), self._delta)
+        steered = self._through(self._points[STEERED_HOOK], steered, activation)
+        if self.prior is None:
+            return steered
+        rows, cols = mask.nonzero(as_tuple=True)
+        out = steered
+        if rows.numel():
+            x = steered[rows, cols]
+            noise = self._noise(rows, cols + call.offset)
+            denoised = self.prior.denoise(
+                x, self.config.t_start, self.config.num_steps, noise=noise
+            )
+            if denoised.shape != x.shape:
+                raise ValueError(
+                    f"{type(self.prior).__name__}.denoise returned shape {tuple(denoised.shape)} "
+                    f"for input {tuple(x.shape)}; a prior must preserve the shape."
+                )
+            out = steered.index_put((rows, cols), denoised.to(x.device, x.dtype))
+        return self._through(self._points[DENOISED_HOOK], out, activation)
+
+    def _check_activation(self, activation: Tensor) -> None:
+        if activation.ndim != 3 or activation.shape[-1] != self._delta.shape[0]:
+            raise ValueError(
+                f"Steering at {self.hook_name!r} needs a [batch, pos, "
+                f"d_model={self._delta.shape[0]}] activation, got shape "
+                f"{tuple(activation.shape)}; steer a residual-stream hook such as "
+                "'blocks.L.hook_resid_post'."
+            )
+        if activation.dtype != self._delta.dtype or activation.device != self._delta.device:
+            raise ValueError(
+                f"The activation at {self.hook_name!r} is {activation.dtype} on {activation.device}"
+                f" but the steering was attached for {self._delta.dtype} on {self._delta.device}; "
+                "the model was moved or cast after attaching: detach and attach again."
+            )
+
+    @staticmethod
+    def _through(point: HookPoint, value: Tensor, reference: Tensor) -> Tensor:
+        result = point(value)
+        if (
+            not isinstance(result, Tensor)
+            or result.shape != reference.shape
+            or result.dtype != reference.dtype
+            or result.device != reference.device
+        ):
+            got = (
+                f"{tuple(result.shape)} {result.dtype} on {result.device}"
+                if isinstance(result, Tensor)
+                else type(result).__name__
+            )
+            raise ValueError(
+                f"A hook on {point.name!r} returned {got}; it must return the tensor's shape "
+                f"{tuple(reference.shape)}, dtype {reference.dtype} and device {reference.device}."
+            )
+        return result
+
+
+def _check_vector(vector: object, d_model: int, dtype: torch.dtype, device: torch.device) -> None:
+    if not isinstance(vector, Tensor):
+        raise TypeError(f"vector must be a torch.Tensor, got {type(vector).__name__}.")
+    if vector.shape != (d_model,):
+        raise ValueError(
+            f"vector must have shape ({d_model},) (the model's d_model), got "
+            f"{tuple(vector.shape)}; steer with one vector at a time, e.g. vector.reshape(-1)."
+        )
+    if vector.dtype != dtype:
+        raise TypeError(
+            f"vector has dtype {vector.dtype} but the model runs in {dtype}; pass "
+            f"vector.to({dtype})."
+        )
+    if vector.device != device:
+        raise ValueError(
+            f"vector is on {vector.device} but the hooked block is on {device}; pass "
+            f"vector.to('{device}')."
+        )
+    if not torch.isfinite(vector).all():
+        raise ValueError("vector contains NaN or inf; recompute it.")
+
+
+def attach_steering(
+    model: HookedTransformer,
+    hook_name: str,
+    vector: Tensor,
+    scale: float,
+    prior: DiffusionPrior | None = None,
+    *,
+    t_start: float = 0.5,
+    num_steps: int = 20,
+    positions: str = "all",
+    seed: int | None = None,
+    scale_mode: str = "absolute",
+    reference_norm: float | None = None,
+) -> SteeringHandle:
+    """Attach steering permanently (until ``handle.detach()``); see the module docstring.
+
+    Args:
+        model: The HookedTransformer to steer.
+        hook_name: Full hook name inside a block, e.g. ``"blocks.15.hook_resid_post"``.
+        vector: A ``[d_model]`` tensor in the hooked block's dtype and on its device.
+        scale, t_start, num_steps, positions, seed, scale_mode, reference_norm: See
+            :class:`~tl_diffusion_prior.steering.config.SteeringConfig`.
+        prior: A :class:`DiffusionPrior` trained on ``hook_name`` of this model, or None for plain
+            activation addition.
+
+    Everything is validated before any hook is added: the hook name (with suggestions), the
+    vector's shape, dtype and device, the prior's hook, width and model, and the config. (Plain
+    ``Tensor``/``str`` annotations: these checks give better errors than a type checker.)
+    """
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(
+            f"model must be a transformer_lens.HookedTransformer, got {type(model).__name__}."
+        )
+    validate_hook_names(model, hook_name)
+    if hook_name.endswith((f".{STEERED_HOOK}", f".{DENOISED_HOOK}")):
+        raise ValueError(
+            f"{hook_name!r} is a hook point added by steering; steer its host hook instead."
+        )
+    layer = layer_of(hook_name)
+    if layer is None:
+        raise ValueError(
+            f"Steering needs a hook inside a block ('blocks.L....'), got {hook_name!r}; to steer "
+            "the embeddings use 'blocks.0.hook_resid_pre'."
+        )
+    host = model.hook_dict[hook_name]
+    if STEERED_HOOK in host._modules:
+        raise ValueError(
+            f"{hook_name!r} is already steered; detach that steering first, or add the vectors "
+            "and steer once."
+        )
+    config = SteeringConfig(
+        scale=scale,
+        scale_mode=scale_mode,
+        reference_norm=reference_norm,
+        t_start=t_start,
+        num_steps=num_steps,
+        positions=positions,
+        seed=seed,
+    )
+    block_parameter = next(model.blocks[layer].parameters())
+    _check_vector(vector, model.cfg.d_model, block_parameter.dtype, block_parameter.device)
+    if prior is not None:
+        if not isinstance(prior, DiffusionPrior):
+            raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}.")
+        prior.check_compatible(
+            hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
+        )
+    alpha = config.scale
+    if config.scale_mode == "relative":
+        norm = config.reference_norm
+        if norm is None:
+            if prior is None:
+                raise ValueError(
+                    "scale_mode='relative' needs a reference norm: pass reference_norm= (e.g. "
+                    "mean_activation_norm(model, hook_name, texts)) or a prior with fitted "
+                    "normaliser statistics."
+                )
+            norm = reference_norm_from_prior(prior)
+        alpha = config.scale * norm
+    resolved_seed = (
+        config.seed
+        if config.seed is not None
+        else int(torch.randint(0, MAX_SEED, (), dtype=torch.int64))
+    )
+    handle = SteeringHandle(model, hook_name, vector, prior, config, alpha, resolved_seed)
+    handle._attach()
+    return handle
+
+
+@contextlib.contextmanager
+def steer(
+    model: HookedTransformer,
+    hook_name: str,
+    vector: Tensor,
+    scale: float,
+    prior: DiffusionPrior | None = None,
+    *,
+    t_start: float = 0.5,
+    num_steps: int = 20,
+    positions: str = "all",
+    seed: int | None = None,
+    scale_mode: str = "absolute",
+    reference_norm: float | None = None,
+) -> Iterator[SteeringHandle]:
+    """Context-manager form of :func:`attach_steering`; detaches on exit, even after an error."""
+    handle = attach_steering(
+        model,
+        hook_name,
+        vector,
+        scale,
+        prior,
+        t_start=t_start,
+        num_steps=num_steps,
+        positions=positions,
+        seed=seed,
+        scale_mode=scale_mode,
+        reference_norm=reference_norm,
+    )
+    try:
+        yield handle
+    finally:
+        handle.detach()
