@@ -22,7 +22,7 @@ from tl_diffusion_prior.capture.capture import fill_buffer, model_device
 from tl_diffusion_prior.capture.hook_names import stop_at_layer
 from tl_diffusion_prior.constants import DEFAULT_HOOK
 from tl_diffusion_prior.data.models import load_model
-from tl_diffusion_prior.data.token_source import corpus_token_source
+from tl_diffusion_prior.data.sources import corpus_token_source
 
 
 def synchronize(device: torch.device) -> None:

@@ -4,7 +4,7 @@ from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
 from tl_diffusion_prior.data.corpus import load_corpus, out_of_domain_texts
 from tl_diffusion_prior.data.models import load_default_model, load_model
-from tl_diffusion_prior.data.token_source import (
+from tl_diffusion_prior.data.sources import (
     corpus_token_source,
     hf_dataset_token_source,
     text_file_token_source,

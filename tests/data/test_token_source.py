@@ -3,42 +3,15 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
+from tests.data.helpers import BOS, EOS, TEXTS, all_batches, build_byte_tokenizer
 from tl_diffusion_prior.data.corpus import Document
-from tl_diffusion_prior.data.token_source import (
-    TextTokenSource,
-    TokenSource,
-    corpus_token_source,
-    hf_dataset_token_source,
-    text_file_token_source,
-)
-
-BOS, EOS = 256, 257
-
-
-def build_byte_tokenizer(**special) -> PreTrainedTokenizerFast:
-    """One token per UTF-8 byte (ids 0-255) plus <bos>=256, <eos>=257, <pad>=258: exact, instant,
-    and small enough for the tiny test model's 300-token vocabulary."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {char: index for index, char in enumerate(alphabet)}
-    vocab.update({"<bos>": BOS, "<eos>": EOS, "<pad>": 258})
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    backend.decoder = decoders.ByteLevel()
-    names = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", **special}
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, **{k: v for k, v in names.items() if v is not None}
-    )
+from tl_diffusion_prior.data.token_source import TextTokenSource, TokenSource
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
     return build_byte_tokenizer()
-
-
-TEXTS = [f"Document {i}: " + "word " * (5 + 7 * i % 23) + "end." for i in range(40)]
 
 
 def encode(tokenizer, text: str) -> list[int]:
@@ -50,10 +23,6 @@ def expected_stream(tokenizer, texts, separator=EOS) -> list[int]:
     for text in texts:
         stream += encode(tokenizer, text) + ([] if separator is None else [separator])
     return stream
-
-
-def all_batches(source) -> list[torch.Tensor]:
-    return list(source)
 
 
 def test_text_token_source_is_a_token_source(tokenizer):
@@ -239,69 +208,3 @@ def test_missing_special_tokens_are_reported():
     no_bos = build_byte_tokenizer(bos_token=None)
     with pytest.raises(ValueError, match="bos_token_id"):
         TextTokenSource(TEXTS, no_bos, 2, 8)
-
-
-def test_corpus_token_source_reads_the_packaged_corpus(tokenizer):
-    source = corpus_token_source(tokenizer, split="heldout", batch_size=2, ctx=32)
-    batch = next(iter(source))
-    assert batch.shape == (2, 32) and (batch[:, 0] == BOS).all()
-    assert source.state_dict()["num_texts"] > 40
-    austen = corpus_token_source(tokenizer, "heldout", 2, 32, sources=["austen"])
-    assert tokenizer.decode(next(iter(austen))[0, 1:]).startswith("Chapter ")
-
-
-def test_text_file_token_source_matches_the_texts(tokenizer, tmp_path):
-    paths = []
-    for i, text in enumerate(TEXTS[:6]):
-        paths.append(tmp_path / f"{i}.txt")
-        paths[-1].write_text(text, encoding="utf-8")
-    from_files = all_batches(text_file_token_source(paths, tokenizer, batch_size=2, ctx=16))
-    from_texts = all_batches(TextTokenSource(TEXTS[:6], tokenizer, 2, 16))
-    assert all(torch.equal(a, b) for a, b in zip(from_files, from_texts, strict=True))
-    shuffled = text_file_token_source(paths, tokenizer, 2, 16, shuffle_seed=0, epochs=2)
-    assert len(all_batches(shuffled)) >= 2 * len(from_texts)
-    with pytest.raises(FileNotFoundError):
-        text_file_token_source([tmp_path / "missing.txt"], tokenizer)
-
-
-def test_text_file_token_source_splits_long_files_at_line_breaks(tokenizer, tmp_path):
-    text = "".join(f"line {i} of a long file\n" for i in range(200))
-    path = tmp_path / "long.txt"
-    path.write_text(text, encoding="utf-8")
-    source = text_file_token_source(
-        str(path), tokenizer, 1, 16, prepend_bos=False, separator="none", max_document_chars=100
-    )
-    parts = list(source.texts)
-    assert "".join(parts) == text
-    assert all(len(p) <= 100 and p.endswith("\n") for p in parts)
-    rows = torch.cat(all_batches(source))
-    assert tokenizer.decode(rows.flatten()) == text[: len(rows.flatten())]
-
-
-def test_hf_dataset_token_source_with_local_datasets(tokenizer, tmp_path):
-    import datasets
-
-    reference = all_batches(TextTokenSource(TEXTS, tokenizer, 2, 16))
-    in_memory = datasets.Dataset.from_dict({"text": TEXTS, "id": list(range(len(TEXTS)))})
-    mapped = all_batches(hf_dataset_token_source(in_memory, tokenizer, batch_size=2, ctx=16))
-    assert all(torch.equal(a, b) for a, b in zip(mapped, reference, strict=True))
-    seeded = hf_dataset_token_source(in_memory, tokenizer, batch_size=2, ctx=16, shuffle_seed=0)
-    seeded_list = TextTokenSource(TEXTS, tokenizer, 2, 16, shuffle_seed=0)
-    assert torch.equal(torch.cat(all_batches(seeded)), torch.cat(all_batches(seeded_list)))
-
-    path = tmp_path / "lines.txt"
-    path.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
-    streamed = hf_dataset_token_source(
-        "text", tokenizer, batch_size=2, ctx=16, dataset_kwargs={"data_files": str(path)}
-    )
-    batches = all_batches(streamed)
-    assert all(torch.equal(a, b) for a, b in zip(batches, reference, strict=True))
-    with pytest.raises(ValueError, match="text_column"):
-        hf_dataset_token_source(in_memory, tokenizer, text_column="body")
-
-
-def test_batches_feed_a_hooked_transformer(tokenizer, tiny_model):
-    source = corpus_token_source(tokenizer, "heldout", batch_size=2, ctx=tiny_model.cfg.n_ctx)
-    logits = tiny_model(next(iter(source)))
-    assert logits.shape == (2, tiny_model.cfg.n_ctx, tiny_model.cfg.d_vocab)
-    assert torch.isfinite(logits).all()

@@ -81,7 +81,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
     from tl_diffusion_prior.capture.capture import fill_buffer
     from tl_diffusion_prior.data.models import load_model
-    from tl_diffusion_prior.data.token_source import corpus_token_source
+    from tl_diffusion_prior.data.sources import corpus_token_source
     from tl_diffusion_prior.evaluate.baselines.base import load_baseline
     from tl_diffusion_prior.evaluate.report.run import (
         Baselines,

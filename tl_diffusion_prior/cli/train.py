@@ -158,7 +158,7 @@ def run_train(args: argparse.Namespace) -> int:
     from tl_diffusion_prior.core import distributed
     from tl_diffusion_prior.data.corpus import corpus_sources
     from tl_diffusion_prior.data.models import load_model
-    from tl_diffusion_prior.data.token_source import corpus_token_source
+    from tl_diffusion_prior.data.sources import corpus_token_source
     from tl_diffusion_prior.priors import PRIOR_REGISTRY
     from tl_diffusion_prior.training.checkpoint import latest_checkpoint
     from tl_diffusion_prior.training.trainer import train_prior

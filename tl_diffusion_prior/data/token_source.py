@@ -24,9 +24,7 @@ from __future__ import annotations
 import abc
 import copy
 import itertools
-import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -34,7 +32,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from tl_diffusion_prior.data.corpus import Document, load_corpus
+from tl_diffusion_prior.core.validation import check_int
+from tl_diffusion_prior.data.corpus import Document
 
 STATE_FORMAT_VERSION = 1
 _ROWS_PER_BLOCK = 256  # rows cut from the stream at a time: large enough for fast numpy slicing
@@ -72,18 +71,16 @@ class TokenSource(abc.ABC):
         """A copy at the start that yields only shard ``rank`` of ``world_size``."""
 
 
-def _check_positive_int(name: str, value: Any, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
-
-
 def _check_shard(rank: Any, world_size: Any) -> None:
-    _check_positive_int("world_size", world_size)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(
-            f"rank must be an integer in [0, world_size={world_size}), got {rank!r}; pass the "
-            "process's rank, e.g. torch.distributed.get_rank()."
-        )
+    check_int("world_size", world_size, minimum=1)
+    check_int(
+        "rank",
+        rank,
+        minimum=0,
+        maximum=world_size - 1,
+        hint=f"Pass the process's rank below world_size={world_size}, e.g. "
+        "torch.distributed.get_rank().",
+    )
 
 
 def _as_text(item: Any) -> str:
@@ -147,11 +144,11 @@ class TextTokenSource(TokenSource):
             raise TypeError(
                 f"tokenizer must be a Hugging Face tokenizer (callable), got {type(tokenizer)}."
             )
-        _check_positive_int("batch_size", batch_size)
-        _check_positive_int("ctx", ctx, minimum=2 if prepend_bos else 1)
-        _check_positive_int("encode_batch", encode_batch)
+        check_int("batch_size", batch_size, minimum=1)
+        check_int("ctx", ctx, minimum=2 if prepend_bos else 1)
+        check_int("encode_batch", encode_batch, minimum=1)
         if epochs is not None:
-            _check_positive_int("epochs", epochs)
+            check_int("epochs", epochs, minimum=1)
         _check_shard(rank, world_size)
         self._is_sequence = isinstance(texts, Sequence)
         if shuffle_seed is not None and not self._is_sequence:
@@ -384,7 +381,7 @@ class TextTokenSource(TokenSource):
                 "Rebuild the source with the saved settings."
             )
         position = state.get("batches_yielded")
-        _check_positive_int("state['batches_yielded']", position, minimum=0)
+        check_int("state['batches_yielded']", position, minimum=0)
         self._batches_yielded = position
 
     def shard(self, rank: int, world_size: int) -> TextTokenSource:
@@ -400,160 +397,3 @@ class TextTokenSource(TokenSource):
     def reset(self) -> None:
         """Go back to the first batch."""
         self._batches_yielded = 0
-
-
-# ---------------------------------------------------------------------- convenience constructors
-
-
-def corpus_token_source(
-    tokenizer: Any,
-    split: Literal["train", "heldout"] = "train",
-    batch_size: int = 16,
-    ctx: int = 128,
-    sources: Sequence[str] | None = None,
-    **kwargs: Any,
-) -> TextTokenSource:
-    """Token batches from the packaged corpus (``load_corpus(split, sources)``).
-
-    ``kwargs`` go to ``TextTokenSource`` (``shuffle_seed``, ``epochs``, ``rank``, ...).
-    """
-    return TextTokenSource(load_corpus(split, sources), tokenizer, batch_size, ctx, **kwargs)
-
-
-class _TextFiles:
-    """Re-iterable texts of files, read lazily; files longer than ``max_chars`` come in parts cut
-    at line breaks (a separator then goes between parts too: one token per part)."""
-
-    def __init__(self, paths: Sequence[Path], encoding: str, max_chars: int):
-        self.paths, self.encoding, self.max_chars = paths, encoding, max_chars
-
-    def __iter__(self) -> Iterator[str]:
-        for path in self.paths:
-            with open(path, encoding=self.encoding) as file:
-                buffer = ""
-                for chunk in iter(lambda f=file: f.read(self.max_chars), ""):
-                    buffer += chunk
-                    while len(buffer) > self.max_chars:
-                        cut = buffer.rfind("\n", 0, self.max_chars) + 1 or self.max_chars
-                        yield buffer[:cut]
-                        buffer = buffer[cut:]
-                if buffer:
-                    yield buffer
-
-
-def text_file_token_source(
-    paths: str | os.PathLike | Sequence[str | os.PathLike],
-    tokenizer: Any,
-    batch_size: int = 16,
-    ctx: int = 128,
-    encoding: str = "utf-8",
-    max_document_chars: int = 1_000_000,
-    **kwargs: Any,
-) -> TextTokenSource:
-    """Token batches from plain-text files, one document per file, streamed from disk.
-
-    Args:
-        paths: A file or a list of files.
-        max_document_chars: Longer files are tokenised in parts of about this many characters.
-        kwargs: Go to ``TextTokenSource``. ``shuffle_seed`` reads every file into memory first
-            (to shuffle whole documents).
-    """
-    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    if not path_list:
-        raise ValueError("paths must name at least one text file, got an empty list.")
-    resolved = [Path(p) for p in path_list]
-    missing = [str(p) for p in resolved if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(f"text_file_token_source: no such file(s): {missing}.")
-    _check_positive_int("max_document_chars", max_document_chars)
-    texts: Iterable[str] = _TextFiles(resolved, encoding, max_document_chars)
-    if kwargs.get("shuffle_seed") is not None:
-        texts = list(texts)
-    return TextTokenSource(texts, tokenizer, batch_size, ctx, **kwargs)
-
-
-class _ColumnSequence(Sequence):
-    """One text column of a map-style ``datasets.Dataset``, as a lazy sequence of str."""
-
-    def __init__(self, dataset: Any, column: str):
-        self.dataset, self.column = dataset, column
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self.dataset[int(index)][self.column]
-
-
-class _ColumnStream:
-    """One text column of a ``datasets.IterableDataset``, re-iterable."""
-
-    def __init__(self, dataset: Any, column: str):
-        self.dataset, self.column = dataset, column
-
-    def __iter__(self) -> Iterator[str]:
-        for row in self.dataset:
-            if self.column not in row:
-                raise ValueError(
-                    f"text_column={self.column!r} is not in the dataset; its columns are "
-                    f"{sorted(row)}."
-                )
-            yield row[self.column]
-
-
-def hf_dataset_token_source(
-    name: Any,
-    tokenizer: Any,
-    split: str = "train",
-    text_column: str = "text",
-    streaming: bool = True,
-    batch_size: int = 16,
-    ctx: int = 128,
-    dataset_kwargs: Mapping[str, Any] | None = None,
-    shuffle_buffer: int = 10_000,
-    **kwargs: Any,
-) -> TextTokenSource:
-    """Token batches from a Hugging Face dataset (needs the ``datasets`` package, and a hub or
-    local files for a name).
-
-    Args:
-        name: A dataset name or path for ``datasets.load_dataset`` (with ``split``, ``streaming``
-            and ``dataset_kwargs``), or an already loaded ``Dataset`` / ``IterableDataset``.
-        text_column: Column holding the text.
-        streaming: Stream the dataset instead of downloading it whole (names only).
-        shuffle_buffer: Buffer size for shuffling a streamed dataset when ``shuffle_seed`` is set;
-            a map-style dataset is shuffled exactly.
-        kwargs: Go to ``TextTokenSource``.
-    """
-    try:
-        import datasets
-    except ImportError as error:
-        raise ValueError(
-            "hf_dataset_token_source needs the 'datasets' package: pip install datasets."
-        ) from error
-    if isinstance(name, str | os.PathLike):
-        dataset = datasets.load_dataset(
-            str(name), split=split, streaming=streaming, **dict(dataset_kwargs or {})
-        )
-    else:
-        dataset = name
-    if isinstance(dataset, datasets.Dataset):
-        if text_column not in dataset.column_names:
-            raise ValueError(
-                f"text_column={text_column!r} is not in the dataset; its columns are "
-                f"{dataset.column_names}."
-            )
-        texts: Iterable[str] = _ColumnSequence(dataset, text_column)
-    elif isinstance(dataset, datasets.IterableDataset):
-        seed = kwargs.pop("shuffle_seed", None)
-        if seed is not None:
-            dataset = dataset.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        texts = _ColumnStream(dataset, text_column)
-    else:
-        raise TypeError(
-            f"name must be a dataset name/path, a datasets.Dataset or a datasets.IterableDataset "
-            f"(one split), got {type(dataset).__name__}; pick a split, e.g. dataset['train']."
-        )
-    return TextTokenSource(texts, tokenizer, batch_size, ctx, **kwargs)
