@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
+
 AUTOCAST_MODES = ("auto", "bf16", "off")
 
 
@@ -73,25 +75,29 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every", "val_size", "keep_checkpoints"):
-            _check_int(name, getattr(self, name), minimum=1)
+            check_int(name, getattr(self, name), minimum=1)
         for name in ("eval_every", "checkpoint_every", "refill_every", "seed"):
-            _check_int(name, getattr(self, name), minimum=0)
-        _check_float("lr", self.lr, low=0.0, low_open=True)
-        _check_float("weight_decay", self.weight_decay, low=0.0)
-        _check_float("warmup_fraction", self.warmup_fraction, low=0.0, high=1.0)
-        _check_float("min_lr_ratio", self.min_lr_ratio, low=0.0, high=1.0)
-        _check_float("ema_decay", self.ema_decay, low=0.0, high=1.0, high_open=True)
-        _check_float("refill_fraction", self.refill_fraction, low=0.0, high=1.0, low_open=True)
+            check_int(name, getattr(self, name), minimum=0)
+        check_float("lr", self.lr, minimum=0.0, min_open=True)
+        check_float("weight_decay", self.weight_decay, minimum=0.0)
+        check_float("warmup_fraction", self.warmup_fraction, minimum=0.0, maximum=1.0)
+        check_float("min_lr_ratio", self.min_lr_ratio, minimum=0.0, maximum=1.0)
+        check_float("ema_decay", self.ema_decay, minimum=0.0, maximum=1.0, max_open=True)
+        check_float(
+            "refill_fraction", self.refill_fraction, minimum=0.0, maximum=1.0, min_open=True
+        )
         if self.grad_clip is not None:
-            _check_float("grad_clip", self.grad_clip, low=0.0)
+            check_float("grad_clip", self.grad_clip, minimum=0.0)
         if self.time_budget_s is not None:
-            _check_float("time_budget_s", self.time_budget_s, low=0.0, low_open=True)
+            check_float("time_budget_s", self.time_budget_s, minimum=0.0, min_open=True)
         betas = tuple(self.betas)
-        if len(betas) != 2 or not all(isinstance(b, int | float) and 0 <= b < 1 for b in betas):
+        if len(betas) != 2:
             raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}.")
-        self.betas = (float(betas[0]), float(betas[1]))
-        if self.autocast not in AUTOCAST_MODES:
-            raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {self.autocast!r}.")
+        self.betas = tuple(
+            check_float(f"betas[{i}]", b, minimum=0.0, maximum=1.0, max_open=True)
+            for i, b in enumerate(betas)
+        )
+        check_choice("autocast", self.autocast, AUTOCAST_MODES)
         if self.checkpoint_dir is not None:
             self.checkpoint_dir = str(self.checkpoint_dir)
 
@@ -134,24 +140,3 @@ def get_lr(step: int, config: TrainConfig) -> float:
         return peak
     progress = min(1.0, (step - warmup) / decay_steps)
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}.")
-
-
-def _check_float(
-    name: str,
-    value: Any,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}.")
-    if low is not None and (value < low or (low_open and value == low)):
-        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}.")
-    if high is not None and (value > high or (high_open and value == high)):
-        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}.")
