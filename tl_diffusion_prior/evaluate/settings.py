@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
 from tl_diffusion_prior.evaluate.baselines.sae_training import SAETrainConfig
 
 DEFAULT_SEQ_LEN = 128
@@ -103,33 +104,27 @@ class EvalSettings:
             "steer_curve_prompts",
             "steer_curve_tokens",
         ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        if self.window_mode not in ("packed", "document"):
-            raise ValueError(
-                f"window_mode must be 'packed' or 'document', got {self.window_mode!r}."
+            check_int(name, getattr(self, name), minimum=1)
+        check_choice("window_mode", self.window_mode, ("packed", "document"))
+        if self.seq_len is not None:
+            check_int(
+                "seq_len", self.seq_len, minimum=3, hint="None uses the priors' capture context."
             )
-        if self.seq_len is not None and (
-            isinstance(self.seq_len, bool) or not isinstance(self.seq_len, int) or self.seq_len < 3
-        ):
-            raise ValueError(f"seq_len must be an int >= 3 or None, got {self.seq_len!r}.")
         self.pca_ks = tuple(int(k) for k in self.pca_ks)
         self.sae_sizes = tuple((int(f), int(k)) for f, k in self.sae_sizes)
         for name in ("ts", "steer_ts"):
             values = tuple(float(t) for t in getattr(self, name))
-            if any(not 0.0 < t <= 1.0 for t in values):
-                raise ValueError(f"{name} must lie in (0, 1], got {values}.")
+            for i, t in enumerate(values):
+                check_float(f"{name}[{i}]", t, minimum=0.0, maximum=1.0, min_open=True)
             setattr(self, name, values)
         self.noise_stds = tuple(float(s) for s in self.noise_stds)
-        if any(not s > 0 for s in self.noise_stds):
-            raise ValueError(f"noise_stds must be > 0, got {self.noise_stds}.")
+        for i, std in enumerate(self.noise_stds):
+            check_float(f"noise_stds[{i}]", std, minimum=0.0, min_open=True)
         self.steer_scales = tuple(float(s) for s in self.steer_scales)
         self.steer_curve_scales = tuple(float(s) for s in self.steer_curve_scales)
-        if set(self.gaussian_modes) - {"mean", "sample"}:
-            raise ValueError(f"gaussian_modes must be 'mean'/'sample', got {self.gaussian_modes}.")
-        if not 0.0 < self.headline_t <= 1.0:
-            raise ValueError(f"headline_t must be in (0, 1], got {self.headline_t}.")
+        for i, mode in enumerate(self.gaussian_modes):
+            check_choice(f"gaussian_modes[{i}]", mode, ("mean", "sample"))
+        check_float("headline_t", self.headline_t, minimum=0.0, maximum=1.0, min_open=True)
         self.sae_train_config()  # validates the SAE fields early
 
     def resolved_seq_len(self, priors: Sequence[Any] = ()) -> int:
