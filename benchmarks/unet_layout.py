@@ -27,7 +27,8 @@ import torch
 from benchmark_setup import add_data_arguments, model_and_activations
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.priors.unet import UNetPrior, UNetPriorConfig
+from tl_diffusion_prior.priors.unet import UNetPrior
+from tl_diffusion_prior.priors.unet_config import UNetPriorConfig
 from tl_diffusion_prior.recipes import train_demo_prior
 from tl_diffusion_prior.training.trainer import FIT_ROWS
 

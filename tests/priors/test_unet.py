@@ -8,12 +8,8 @@ from diffusers import DDIMScheduler
 from tests.priors.helpers import SyntheticManifold, build_tiny_prior, randomize_
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.priors.grid import layout_from_samples
-from tl_diffusion_prior.priors.unet import (
-    CPU_UNET,
-    WRITEUP_UNET,
-    UNetPrior,
-    UNetPriorConfig,
-)
+from tl_diffusion_prior.priors.unet import UNetPrior
+from tl_diffusion_prior.priors.unet_config import CPU_UNET, WRITEUP_UNET, UNetPriorConfig
 
 NAMES = dict(hook_name="blocks.15.hook_resid_post", model_name="SmolLM2-135M-Instruct")
 

@@ -11,7 +11,8 @@ from tl_diffusion_prior.priors.base import (
     register_prior,
 )
 from tl_diffusion_prior.priors.mlp import MLPPrior, MLPPriorConfig
-from tl_diffusion_prior.priors.unet import UNetPrior, UNetPriorConfig
+from tl_diffusion_prior.priors.unet import UNetPrior
+from tl_diffusion_prior.priors.unet_config import UNetPriorConfig
 
 __all__ = [
     "PRIOR_REGISTRY",
