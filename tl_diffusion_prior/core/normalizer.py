@@ -11,15 +11,35 @@ residual stream with massive activations to 8 mantissa bits would shift every no
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from tl_diffusion_prior.core.validation import check_float, check_int
 
-class Normalizer(nn.Module):
+
+class Float32BuffersMixin(nn.Module):
+    """A module whose own buffers keep their dtype (float32) when the model is cast.
+
+    ``.to()``/``.cuda()`` move the buffers to the new device, but ``.to(dtype)``/``.half()``/
+    ``.bfloat16()`` leave their dtype alone: rounding statistics such as a mean, a covariance
+    eigenbasis or a noise schedule to bf16's 8 mantissa bits would bias every output. Subclasses
+    cast to the input's dtype per call instead. Submodules are cast as usual.
+    """
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Float32BuffersMixin:
+        saved = {name: buf for name, buf in self._buffers.items() if buf is not None}
+        super()._apply(fn, recurse)
+        for name, old in saved.items():
+            new = self._buffers[name]
+            if new is not None and new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
+
+class Normalizer(Float32BuffersMixin):
     """Per-dimension z-score ``(x - mean) / sqrt(var + eps)`` with float32 statistics.
 
     Args:
@@ -37,12 +57,8 @@ class Normalizer(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5) -> None:
         super().__init__()
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}.")
-        if not isinstance(eps, int | float) or not math.isfinite(eps) or eps <= 0:
-            raise ValueError(f"eps must be a positive finite float, got {eps!r}.")
-        self.d_model = d_model
-        self.eps = float(eps)
+        self.d_model = check_int("d_model", d_model, minimum=1)
+        self.eps = check_float("eps", eps, minimum=0.0, min_open=True)
         self.register_buffer("mean", torch.zeros(d_model, dtype=torch.float32))
         self.register_buffer("std", torch.ones(d_model, dtype=torch.float32))
         self.register_buffer("fitted", torch.tensor(False))
@@ -94,17 +110,6 @@ class Normalizer(nn.Module):
                 f"{name} must end in d_model={self.d_model}, got shape {tuple(x.shape)}; pass "
                 "activations from the hook this normalizer was fitted on."
             )
-
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Normalizer:
-        # Let .to()/.half()/.cuda() move the statistics but never change their dtype (see module
-        # docstring); the casts happen per call in normalize/denormalize instead.
-        saved = {name: buf for name, buf in self._buffers.items() if buf is not None}
-        super()._apply(fn, recurse)
-        for name, old in saved.items():
-            new = self._buffers[name]
-            if new is not None and new.dtype != old.dtype:
-                self._buffers[name] = old.to(new.device)
-        return self
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, eps={self.eps}, fitted={self.is_fitted}"
