@@ -19,6 +19,7 @@ from torch import Tensor
 from tl_diffusion_prior.constants import FORMAT_VERSION
 from tl_diffusion_prior.core.moments import RunningMoments
 from tl_diffusion_prior.core.serialization import atomic_save_safetensors, load_safetensors
+from tl_diffusion_prior.core.validation import check_int
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 
@@ -42,10 +43,8 @@ class ActivationRingBuffer:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ):
-        if not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"capacity must be a positive int, got {capacity!r}.")
-        if not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}.")
+        check_int("capacity", capacity, minimum=1)
+        check_int("d_model", d_model, minimum=1)
         if isinstance(hook_names, str):
             hook_names = (hook_names,)
         if len(hook_names) == 0 or len(set(hook_names)) != len(hook_names):
@@ -179,8 +178,7 @@ class ActivationRingBuffer:
 
         With ``hook`` given, returns that hook's ``[batch, d_model]`` slice.
         """
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        check_int("batch_size", batch_size, minimum=1)
         if not self._known_nonempty:
             if self.num_pushed == 0:
                 raise ValueError(
