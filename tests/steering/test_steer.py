@@ -417,6 +417,27 @@ def test_config_round_trip_and_validation():
         SteeringConfig(scale=1.0, num_steps=2.5)
 
 
+def test_a_config_and_keyword_overrides_steer_alike(tiny_model):
+    tokens, v, prior = _tokens(), _vector(), _mlp_prior(tiny_model)
+    keywords = dict(t_start=0.3, num_steps=2, seed=5, positions="all")
+    with steer(tiny_model, HOOK, v, 0.5, prior, **keywords) as handle:
+        expected = tiny_model(tokens)
+    assert handle.config == SteeringConfig(scale=0.5, **keywords)
+    config = SteeringConfig(scale=9.0, t_start=0.3, num_steps=7, seed=5)
+    # scale and keywords replace the config's fields; the config itself is left as it was.
+    with steer(tiny_model, HOOK, v, 0.5, prior, config=config, num_steps=2) as handle:
+        assert torch.equal(tiny_model(tokens), expected)
+    assert handle.config == SteeringConfig(scale=0.5, **keywords)
+    assert config.num_steps == 7
+    with steer(tiny_model, HOOK, v, prior=prior, config=handle.config):
+        assert torch.equal(tiny_model(tokens), expected)
+    with pytest.raises(TypeError, match=r"Unknown steering option\(s\) \['alpha'\]"):
+        attach_steering(tiny_model, HOOK, v, 1.0, alpha=2.0)
+    with pytest.raises(TypeError, match="Pass the steering scale"):
+        attach_steering(tiny_model, HOOK, v)
+    assert not tiny_model.hook_dict[HOOK].fwd_hooks
+
+
 # ------------------------------------------------------------------ on-manifold steering
 @pytest.fixture(scope="module")
 def manifold_and_prior():

@@ -37,7 +37,9 @@ denoised positions carry no gradient (the prior runs under ``no_grad``); plain s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -251,35 +253,33 @@ def _check_vector(vector: object, d_model: int, dtype: torch.dtype, device: torc
         raise ValueError("vector contains NaN or inf; recompute it.")
 
 
-def attach_steering(
-    model: HookedTransformer,
-    hook_name: str,
-    vector: Tensor,
-    scale: float,
-    prior: DiffusionPrior | None = None,
-    *,
-    t_start: float = 0.5,
-    num_steps: int = 20,
-    positions: str = "all",
-    seed: int | None = None,
-    scale_mode: str = "absolute",
-    reference_norm: float | None = None,
-) -> SteeringHandle:
-    """Attach steering permanently (until ``handle.detach()``); see the module docstring.
+def steering_config(
+    scale: float | None, config: SteeringConfig | None, overrides: dict[str, Any]
+) -> SteeringConfig:
+    """The :class:`SteeringConfig` that ``scale``, ``config`` and keyword ``overrides`` describe.
 
-    Args:
-        model: The HookedTransformer to steer.
-        hook_name: Full hook name inside a block, e.g. ``"blocks.15.hook_resid_post"``.
-        vector: A ``[d_model]`` tensor in the hooked block's dtype and on its device.
-        scale, t_start, num_steps, positions, seed, scale_mode, reference_norm: See
-            :class:`~tl_diffusion_prior.steering.config.SteeringConfig`.
-        prior: A :class:`DiffusionPrior` trained on ``hook_name`` of this model, or None for plain
-            activation addition.
-
-    Everything is validated before any hook is added: the hook name (with suggestions), the
-    vector's shape, dtype and device, the prior's hook, width and model, and the config. (Plain
-    ``Tensor``/``str`` annotations: these checks give better errors than a type checker.)
+    ``config`` (if given) is the starting point; ``scale`` and every override replace its fields.
     """
+    fields = {f.name for f in dataclasses.fields(SteeringConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(
+            f"Unknown steering option(s) {unknown}; the options are the SteeringConfig fields "
+            f"{sorted(fields - {'scale'})}."
+        )
+    if config is not None and not isinstance(config, SteeringConfig):
+        raise TypeError(f"config must be a SteeringConfig or None, got {type(config).__name__}.")
+    if scale is not None:
+        overrides = {**overrides, "scale": scale}
+    if config is None:
+        if "scale" not in overrides:
+            raise TypeError("Pass the steering scale (scale=...) or a config=SteeringConfig(...).")
+        return SteeringConfig(**overrides)
+    return dataclasses.replace(config, **overrides)
+
+
+def _check_host_hook(model: HookedTransformer, hook_name: str) -> int:
+    """Validate that ``hook_name`` can be steered; returns its block's layer."""
     if not isinstance(model, HookedTransformer):
         raise TypeError(
             f"model must be a transformer_lens.HookedTransformer, got {type(model).__name__}."
@@ -295,21 +295,60 @@ def attach_steering(
             f"Steering needs a hook inside a block ('blocks.L....'), got {hook_name!r}; to steer "
             "the embeddings use 'blocks.0.hook_resid_pre'."
         )
-    host = model.hook_dict[hook_name]
-    if STEERED_HOOK in host._modules:
+    if STEERED_HOOK in model.hook_dict[hook_name]._modules:
         raise ValueError(
             f"{hook_name!r} is already steered; detach that steering first, or add the vectors "
             "and steer once."
         )
-    config = SteeringConfig(
-        scale=scale,
-        scale_mode=scale_mode,
-        reference_norm=reference_norm,
-        t_start=t_start,
-        num_steps=num_steps,
-        positions=positions,
-        seed=seed,
-    )
+    return layer
+
+
+def _alpha(config: SteeringConfig, prior: DiffusionPrior | None) -> float:
+    """The multiplier of the vector: ``scale``, or ``scale`` times the reference norm."""
+    if config.scale_mode != "relative":
+        return config.scale
+    norm = config.reference_norm
+    if norm is None:
+        if prior is None:
+            raise ValueError(
+                "scale_mode='relative' needs a reference norm: pass reference_norm= (e.g. "
+                "mean_activation_norm(model, hook_name, texts)) or a prior with fitted "
+                "normaliser statistics."
+            )
+        norm = reference_norm_from_prior(prior)
+    return config.scale * norm
+
+
+def attach_steering(
+    model: HookedTransformer,
+    hook_name: str,
+    vector: Tensor,
+    scale: float | None = None,
+    prior: DiffusionPrior | None = None,
+    *,
+    config: SteeringConfig | None = None,
+    **overrides: Any,
+) -> SteeringHandle:
+    """Attach steering permanently (until ``handle.detach()``); see the module docstring.
+
+    Args:
+        model: The HookedTransformer to steer.
+        hook_name: Full hook name inside a block, e.g. ``"blocks.15.hook_resid_post"``.
+        vector: A ``[d_model]`` tensor in the hooked block's dtype and on its device.
+        scale: ``alpha``, or ``r`` with ``scale_mode="relative"``; may instead come in ``config``.
+        prior: A :class:`DiffusionPrior` trained on ``hook_name`` of this model, or None for plain
+            activation addition.
+        config: A :class:`~tl_diffusion_prior.steering.config.SteeringConfig` with the settings.
+        **overrides: Any :class:`~tl_diffusion_prior.steering.config.SteeringConfig` field
+            (``t_start``, ``num_steps``, ``positions``, ``seed``, ``scale_mode``,
+            ``reference_norm``), replacing ``config``'s.
+
+    Everything is validated before any hook is added: the hook name (with suggestions), the
+    vector's shape, dtype and device, the prior's hook, width and model, and the config. (Plain
+    ``Tensor``/``str`` annotations: these checks give better errors than a type checker.)
+    """
+    layer = _check_host_hook(model, hook_name)
+    config = steering_config(scale, config, overrides)
     block_parameter = next(model.blocks[layer].parameters())
     _check_vector(vector, model.cfg.d_model, block_parameter.dtype, block_parameter.device)
     if prior is not None:
@@ -318,18 +357,7 @@ def attach_steering(
         prior.check_compatible(
             hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
         )
-    alpha = config.scale
-    if config.scale_mode == "relative":
-        norm = config.reference_norm
-        if norm is None:
-            if prior is None:
-                raise ValueError(
-                    "scale_mode='relative' needs a reference norm: pass reference_norm= (e.g. "
-                    "mean_activation_norm(model, hook_name, texts)) or a prior with fitted "
-                    "normaliser statistics."
-                )
-            norm = reference_norm_from_prior(prior)
-        alpha = config.scale * norm
+    alpha = _alpha(config, prior)
     resolved_seed = (
         config.seed
         if config.seed is not None
@@ -345,30 +373,14 @@ def steer(
     model: HookedTransformer,
     hook_name: str,
     vector: Tensor,
-    scale: float,
+    scale: float | None = None,
     prior: DiffusionPrior | None = None,
     *,
-    t_start: float = 0.5,
-    num_steps: int = 20,
-    positions: str = "all",
-    seed: int | None = None,
-    scale_mode: str = "absolute",
-    reference_norm: float | None = None,
+    config: SteeringConfig | None = None,
+    **overrides: Any,
 ) -> Iterator[SteeringHandle]:
     """Context-manager form of :func:`attach_steering`; detaches on exit, even after an error."""
-    handle = attach_steering(
-        model,
-        hook_name,
-        vector,
-        scale,
-        prior,
-        t_start=t_start,
-        num_steps=num_steps,
-        positions=positions,
-        seed=seed,
-        scale_mode=scale_mode,
-        reference_norm=reference_norm,
-    )
+    handle = attach_steering(model, hook_name, vector, scale, prior, config=config, **overrides)
     try:
         yield handle
     finally:
