@@ -27,6 +27,13 @@ STEER_VECTORS_NAME = "steer_vectors.safetensors"
 PLOTS_DIRNAME = "plots"
 PRIORS_DIRNAME = "priors"
 BASELINES_DIRNAME = "baselines"
+# Its figures, under PLOTS_DIRNAME; ``{dataset}`` is a held-out set's name (e.g. "heldout").
+PLOT_LOSS_CURVES_NAME = "loss_curves.png"
+PLOT_DELTA_LM_NAME = "delta_lm_{dataset}.png"
+PLOT_DISTORTION_NAME = "distortion_{dataset}.png"
+PLOT_DISTORTION_NORMALIZED_NAME = "distortion_normalized_{dataset}.png"
+PLOT_STEERING_PARETO_NAME = "steering_pareto.png"
+PLOT_PCA_SCATTER_NAME = "pca_scatter.png"
 # The demo's report folder adds these.
 RUNS_DIRNAME = "runs"
 DEMO_SUMMARY_NAME = "demo_summary.json"
