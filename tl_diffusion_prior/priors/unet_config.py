@@ -13,7 +13,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from tl_diffusion_prior.core.validation import check_positive_int
+from tl_diffusion_prior.core.validation import check_choice, check_int, check_positive_int
 from tl_diffusion_prior.priors.base import PriorConfig
 from tl_diffusion_prior.priors.grid import GRID_PATHS, choose_grid_shape
 
@@ -77,10 +77,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _jsonable(v) for k, v in value.items()}
     return value
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int) and value >= minimum
 
 
 @dataclass(kw_only=True)
@@ -160,14 +156,9 @@ class UNetPriorConfig(PriorConfig):
         check_positive_int("scheduler.num_train_timesteps", self.scheduler["num_train_timesteps"])
         self._check_unet()
         self._check_grid()
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
-        if self.layout_path not in GRID_PATHS:
-            raise ValueError(f"layout_path must be one of {GRID_PATHS}, got {self.layout_path!r}.")
-        if not _is_int(self.position_channels, 0):
-            raise ValueError(
-                f"position_channels must be an int >= 0, got {self.position_channels!r}."
-            )
+        check_choice("layout", self.layout, LAYOUTS)
+        check_choice("layout_path", self.layout_path, GRID_PATHS)
+        check_int("position_channels", self.position_channels, minimum=0)
         for name in ("coord_channels", "gaussian_skip", "zero_init_output"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}.")
@@ -175,8 +166,10 @@ class UNetPriorConfig(PriorConfig):
 
     def _check_unet(self) -> None:
         unet, channels = self.unet, self.unet["block_out_channels"]
-        if not channels or not all(_is_int(c, 1) for c in channels):
-            raise ValueError(f"unet['block_out_channels'] must be positive ints, got {channels!r}.")
+        if not channels:
+            raise ValueError("unet['block_out_channels'] must list at least one channel count.")
+        for i, c in enumerate(channels):
+            check_int(f"unet['block_out_channels'][{i}]", c, minimum=1)
         for key in ("down_block_types", "up_block_types"):
             if len(unet[key]) != len(channels):
                 raise ValueError(
@@ -208,8 +201,10 @@ class UNetPriorConfig(PriorConfig):
         if self.grid_shape is None:
             self.grid_shape = list(choose_grid_shape(self.d_model, multiple))
         self.grid_shape = _jsonable(self.grid_shape)
-        if len(self.grid_shape) != 2 or not all(_is_int(s, 1) for s in self.grid_shape):
-            raise ValueError(f"grid_shape must be [height, width] ints, got {self.grid_shape!r}.")
+        if len(self.grid_shape) != 2:
+            raise ValueError(f"grid_shape must be [height, width], got {self.grid_shape!r}.")
+        for i, side in enumerate(self.grid_shape):
+            check_int(f"grid_shape[{i}]", side, minimum=1)
         height, width = self.grid_shape
         if height % multiple or width % multiple:
             raise ValueError(
