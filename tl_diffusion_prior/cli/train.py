@@ -20,16 +20,33 @@ import argparse
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
+from tl_diffusion_prior.capture import (
+    ActivationCapture,
+    ActivationRingBuffer,
+    CaptureConfig,
+    fill_buffer,
+    make_refill,
+)
 from tl_diffusion_prior.constants import (
     DEFAULT_HOOK,
     DEFAULT_MODEL_NAME,
     LOSS_CSV_NAME,
     LOSS_PNG_NAME,
 )
+from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.data import TokenSource, models
+from tl_diffusion_prior.data.corpus import corpus_sources
+from tl_diffusion_prior.data.sources import corpus_token_source
+from tl_diffusion_prior.priors import PRIOR_REGISTRY
 from tl_diffusion_prior.recipes import PRIOR_PRESETS, TRAIN_PRESETS
+from tl_diffusion_prior.training import TrainConfig, train_prior
+from tl_diffusion_prior.training.checkpoint import latest_checkpoint
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,9 +122,8 @@ def _prior_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
-def build_train_config(args: argparse.Namespace, checkpoint_dir: str) -> Any:
-    from tl_diffusion_prior.training.config import TrainConfig
-
+def build_train_config(args: argparse.Namespace, checkpoint_dir: str) -> TrainConfig:
+    """The :class:`TrainConfig` from the options, the preset and the prior's preset."""
     fields: dict[str, Any] = {
         "steps": _option(args, "steps"),
         "batch_size": _option(args, "batch_size"),
@@ -148,25 +164,86 @@ def build_prior_config(prior_cls: Any, args: argparse.Namespace, d_model: int) -
     return preset(args.prior_preset, **fields)
 
 
+@dataclass
+class _Captured:
+    """The buffers ``run_train`` trains and validates on, and where refills come from."""
+
+    buffer: ActivationRingBuffer
+    val_buffer: ActivationRingBuffer
+    capture: ActivationCapture
+    train_source: TokenSource
+    seconds: float
+
+
+def _capture(args: argparse.Namespace, model, env, resuming: bool, n_val: int) -> _Captured:
+    """Fill the training buffer (unless resuming: the checkpoint restores it) and the held-out
+    buffer from this rank's shard of the packaged corpus."""
+    n_activations = _option(args, "n_activations")
+    d_model = model.cfg.d_model
+    shard = dict(rank=env.rank, world_size=env.world_size)
+    common = dict(batch_size=args.capture_batch_size, ctx=args.ctx)
+    train_source = corpus_token_source(
+        model.tokenizer, "train", shuffle_seed=args.seed, epochs=None, **common, **shard
+    )
+    heldout_source = corpus_token_source(model.tokenizer, "heldout", **common, **shard)
+    capture_config = CaptureConfig(outlier_multiple=args.outlier_multiple)
+    dtype = getattr(torch, args.buffer_dtype)
+    buffer = ActivationRingBuffer(
+        n_activations, d_model, [args.hook], device=env.device, dtype=dtype
+    )
+    capture = ActivationCapture(model, [args.hook], buffer, capture_config)
+    hooks, progress = [args.hook], env.is_main
+    start = time.perf_counter()
+    if not resuming:
+        fill_buffer(
+            model,
+            train_source,
+            hooks,
+            n_activations,
+            buffer=buffer,
+            capture=capture,
+            progress=progress,
+        )
+    val_buffer = ActivationRingBuffer(n_val, d_model, hooks, device=env.device)
+    fill_buffer(
+        model,
+        heldout_source,
+        hooks,
+        n_val,
+        buffer=val_buffer,
+        config=capture_config,
+        progress=progress,
+    )
+    seconds = time.perf_counter() - start
+    return _Captured(buffer, val_buffer, capture, train_source, seconds)
+
+
+def _provenance(args: argparse.Namespace, captured: _Captured) -> dict[str, Any]:
+    """What the trained prior records about its data."""
+    return {
+        "model_name": args.model,
+        "corpus": "tl_diffusion_prior packaged corpus",
+        "corpus_sources": corpus_sources(),
+        "corpus_split": "train",
+        "ctx": args.ctx,
+        "n_activations": _option(args, "n_activations"),
+        "val_activations": captured.val_buffer.capacity,
+        "outlier_multiple": args.outlier_multiple,
+        "capture_s": round(captured.seconds, 2),
+    }
+
+
+def _checkpoint_dir(args: argparse.Namespace) -> str:
+    """``--checkpoint-dir``, by default a sibling of ``--out`` (saving replaces ``--out`` whole)."""
+    out = Path(args.out)
+    return args.checkpoint_dir or str(out.with_name(out.name + ".checkpoints"))
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Capture, train and save; returns the process exit code."""
-    import torch
-
-    from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-    from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
-    from tl_diffusion_prior.capture.refill import make_refill
-    from tl_diffusion_prior.core import distributed
-    from tl_diffusion_prior.data.corpus import corpus_sources
-    from tl_diffusion_prior.data.models import load_model
-    from tl_diffusion_prior.data.sources import corpus_token_source
-    from tl_diffusion_prior.priors import PRIOR_REGISTRY
-    from tl_diffusion_prior.training.checkpoint import latest_checkpoint
-    from tl_diffusion_prior.training.trainer import train_prior
-
     if args.prior not in PRIOR_REGISTRY:
         raise ValueError(f"--prior must be one of {sorted(PRIOR_REGISTRY)}, got {args.prior!r}.")
-    out = Path(args.out)
-    checkpoint_dir = args.checkpoint_dir or str(out.with_name(out.name + ".checkpoints"))
+    out, checkpoint_dir = Path(args.out), _checkpoint_dir(args)
     config = build_train_config(args, checkpoint_dir)
     resuming = args.resume and latest_checkpoint(checkpoint_dir) is not None
     if not args.resume and latest_checkpoint(checkpoint_dir) is not None:
@@ -177,81 +254,32 @@ def run_train(args: argparse.Namespace) -> int:
     env = distributed.init_from_env(args.device)
     say = print if env.is_main else (lambda *a, **k: None)
     try:
-        model = load_model(args.model, device=env.device)
-        d_model = model.cfg.d_model
+        model = models.load_model(args.model, device=env.device)
         prior_cls = PRIOR_REGISTRY[args.prior]
-        prior_config = build_prior_config(prior_cls, args, d_model)
+        prior_config = build_prior_config(prior_cls, args, model.cfg.d_model)
         torch.manual_seed(args.seed)
         prior = prior_cls(prior_config).to(env.device)
         say(
             f"{args.prior} prior: {prior.num_parameters:,} parameters; world size "
             f"{env.world_size}, device {env.device}"
         )
-
-        n_activations = _option(args, "n_activations")
-        n_val = config.val_size
-        shard = dict(rank=env.rank, world_size=env.world_size)
-        common = dict(batch_size=args.capture_batch_size, ctx=args.ctx)
-        train_source = corpus_token_source(
-            model.tokenizer, "train", shuffle_seed=args.seed, epochs=None, **common, **shard
-        )
-        heldout_source = corpus_token_source(model.tokenizer, "heldout", **common, **shard)
-        capture_config = CaptureConfig(outlier_multiple=args.outlier_multiple)
-        buffer = ActivationRingBuffer(
-            n_activations,
-            d_model,
-            [args.hook],
-            device=env.device,
-            dtype=getattr(torch, args.buffer_dtype),
-        )
-        capture = ActivationCapture(model, [args.hook], buffer, capture_config)
-        start = time.perf_counter()
-        if not resuming:  # a resumed run restores the buffer from its checkpoint
-            fill_buffer(
-                model,
-                train_source,
-                [args.hook],
-                n_activations,
-                buffer=buffer,
-                capture=capture,
-                progress=env.is_main,
-            )
-        val_buffer = ActivationRingBuffer(n_val, d_model, [args.hook], device=env.device)
-        fill_buffer(
-            model,
-            heldout_source,
-            [args.hook],
-            n_val,
-            buffer=val_buffer,
-            config=capture_config,
-            progress=env.is_main,
-        )
-        capture_s = time.perf_counter() - start
+        captured = _capture(args, model, env, resuming, config.val_size)
         say(
-            f"captured {buffer.num_pushed:,} train and {val_buffer.num_pushed:,} held-out "
-            f"activations per rank in {capture_s:.1f} s"
+            f"captured {captured.buffer.num_pushed:,} train and "
+            f"{captured.val_buffer.num_pushed:,} held-out activations per rank in "
+            f"{captured.seconds:.1f} s"
         )
-
-        refill = make_refill(model, train_source, [args.hook], buffer, capture=capture)
-        provenance = {
-            "model_name": args.model,
-            "corpus": "tl_diffusion_prior packaged corpus",
-            "corpus_sources": corpus_sources(),
-            "corpus_split": "train",
-            "ctx": args.ctx,
-            "n_activations": n_activations,
-            "val_activations": n_val,
-            "outlier_multiple": args.outlier_multiple,
-            "capture_s": round(capture_s, 2),
-        }
+        refill = make_refill(
+            model, captured.train_source, [args.hook], captured.buffer, capture=captured.capture
+        )
         result = train_prior(
             prior,
-            buffer,
+            captured.buffer,
             config,
-            val_activations=val_buffer.filled_rows(args.hook),
+            val_activations=captured.val_buffer.filled_rows(args.hook),
             refill=refill if config.refill_every else None,
             resume=bool(args.resume),
-            provenance=provenance,
+            provenance=_provenance(args, captured),
         )
         if env.is_main:
             prior.save_pretrained(out)
