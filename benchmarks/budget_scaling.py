@@ -30,7 +30,7 @@ from benchmark_setup import add_data_arguments, model_and_activations  # noqa: E
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK  # noqa: E402
 from tl_diffusion_prior.evaluate.plan import fit_baselines  # noqa: E402
-from tl_diffusion_prior.evaluate.report.run import run_evaluation  # noqa: E402
+from tl_diffusion_prior.evaluate.report import run_evaluation  # noqa: E402
 from tl_diffusion_prior.recipes import build_priors, demo_eval_settings, train_demo_prior  # noqa: E402
 
 RATIOS = {

@@ -36,7 +36,7 @@ from tl_diffusion_prior.evaluate.fluency import (
     mask_after_eos,
     score_continuations,
 )
-from tl_diffusion_prior.evaluate.report.run import run_evaluation, write_report
+from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.base import DiffusionPrior

@@ -83,12 +83,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from tl_diffusion_prior.data.models import load_model
     from tl_diffusion_prior.data.sources import corpus_token_source
     from tl_diffusion_prior.evaluate.baselines.base import load_baseline
-    from tl_diffusion_prior.evaluate.report.run import (
-        Baselines,
-        fit_baselines,
-        run_evaluation,
-        write_report,
-    )
+    from tl_diffusion_prior.evaluate.plan import Baselines, fit_baselines
+    from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
     from tl_diffusion_prior.priors import load_prior
 
     settings = _settings(args)

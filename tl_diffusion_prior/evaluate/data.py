@@ -4,8 +4,9 @@ Both come from :mod:`tl_diffusion_prior.data.corpus` (``load_corpus("heldout")``
 ``out_of_domain_texts()``, the latter being ``pydoc_data.topics``, which ships with CPython). No
 method is trained on either. They are cut into windows either like the trainer's packed rows
 (:func:`packed_windows`, the default) or as the first tokens of each document
-(:func:`~tl_diffusion_prior.evaluate.fidelity.token_windows`, the paper's protocol). Documents
-may arrive as strings, dicts with a ``"text"`` key or objects with a ``text`` attribute.
+(:func:`~tl_diffusion_prior.evaluate.fidelity.token_windows`, the paper's protocol), as
+:func:`held_out_windows` does for an evaluation run. Documents may arrive as strings, dicts with a
+``"text"`` key or objects with a ``text`` attribute.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from typing import Any
 
 import torch
 
-from tl_diffusion_prior.evaluate.fidelity import TokenSet
+from tl_diffusion_prior.data import corpus
+from tl_diffusion_prior.data.token_source import TextTokenSource
+from tl_diffusion_prior.evaluate.fidelity import TokenSet, token_windows
+from tl_diffusion_prior.evaluate.settings import EvalSettings
 
 
 def document_text(doc: Any) -> str:
@@ -42,23 +46,12 @@ def texts_of(docs: Iterable[Any]) -> list[str]:
 
 def heldout_texts() -> list[str]:
     """The packaged corpus's held-out documents."""
-    from tl_diffusion_prior.data.corpus import load_corpus
-
-    return texts_of(load_corpus("heldout"))
+    return texts_of(corpus.load_corpus("heldout"))
 
 
 def out_of_domain_texts() -> list[str]:
     """Documents from another domain than the training corpus (Python's pydoc topics)."""
-    try:
-        from tl_diffusion_prior.data.corpus import out_of_domain_texts as corpus_ood
-    except ImportError:
-        corpus_ood = None
-    if corpus_ood is not None:
-        return texts_of(corpus_ood())
-    # pydoc_data ships with every CPython, so the set exists even without the corpus module.
-    from pydoc_data.topics import topics
-
-    return [topics[key] for key in sorted(topics)]
+    return texts_of(corpus.out_of_domain_texts())
 
 
 def packed_windows(
@@ -74,8 +67,6 @@ def packed_windows(
     EOS between documents), so held-out rows follow the training distribution of positions and
     contexts. Each row is its own bootstrap unit.
     """
-    from tl_diffusion_prior.data.token_source import TextTokenSource
-
     source = TextTokenSource(
         list(texts),
         model.tokenizer,
@@ -88,3 +79,36 @@ def packed_windows(
     if tokens is None or tokens.shape[0] == 0:
         raise ValueError(f"{name!r} holds too little text for one {seq_len}-token row.")
     return TokenSet(name, tokens.long().cpu(), torch.arange(tokens.shape[0]))
+
+
+def held_out_windows(
+    model,
+    settings: EvalSettings,
+    priors: Sequence[Any] = (),
+    heldout: Sequence[Any] | None = None,
+    ood: Sequence[Any] | None = None,
+) -> list[TokenSet]:
+    """The in-domain (``"heldout"``) and the out-of-domain (``"pydoc"``) windows of a run.
+
+    Args:
+        model: Its tokenizer cuts the texts.
+        settings: ``window_mode``, ``max_sequences``, ``windows_per_doc``, ``seed`` and the
+            window length (``settings.resolved_seq_len(priors)``).
+        priors: The priors evaluated (their capture context is the default window length).
+        heldout / ood: The two sets of documents; default :func:`heldout_texts` and
+            :func:`out_of_domain_texts`.
+    """
+    seq_len = settings.resolved_seq_len(priors)
+    texts = {
+        "heldout": heldout if heldout is not None else heldout_texts(),
+        "pydoc": ood if ood is not None else out_of_domain_texts(),
+    }
+    if settings.window_mode == "packed":
+        return [
+            packed_windows(model, t, name, seq_len, settings.max_sequences, settings.seed)
+            for name, t in texts.items()
+        ]
+    return [
+        token_windows(model, t, name, seq_len, settings.max_sequences, settings.windows_per_doc)
+        for name, t in texts.items()
+    ]

@@ -8,7 +8,7 @@ from tl_diffusion_prior.capture.capture import fill_buffer
 from tl_diffusion_prior.core.serialization import load_safetensors
 from tl_diffusion_prior.evaluate.baselines.base import load_baseline
 from tl_diffusion_prior.evaluate.fidelity import TokenSet
-from tl_diffusion_prior.evaluate.report.run import run_evaluation, write_report
+from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.evaluate.steering_curves import steering_curves
 from tl_diffusion_prior.training.loss_curve import write_loss_csv

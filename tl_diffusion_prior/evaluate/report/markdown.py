@@ -1,12 +1,14 @@
-"""The Markdown summary of an :class:`~tl_diffusion_prior.evaluate.report.run.EvalReport`."""
+"""The Markdown summary of an :class:`~tl_diffusion_prior.evaluate.report.types.EvalReport`.
+
+``render_markdown`` joins one block of lines per section: benchmark targets and caveats, held-out
+data, delta LM per data set, best settings, Frechet distances, steering, figures and settings.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from tl_diffusion_prior.evaluate.report.run import EvalReport
+from tl_diffusion_prior.evaluate.report.types import EvalReport
 
 CAVEATS = [
     "At t <= 0.25 the noise-then-denoise round trip is close to the identity for every method; "
@@ -94,6 +96,34 @@ def _target_lines(targets: dict) -> list[str]:
 
 
 def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
+    """``report.md``: every section of ``report``, linking the ``figures`` (paths relative to the
+    report folder; only the ``.png`` ones are listed)."""
+    out = _summary_lines(report)
+    out += _dataset_lines(report)
+    out += _delta_lm_lines(report)
+    out += _best_setting_lines(report)
+    out += _frechet_lines(report.frechet)
+    out += _steering_lines(report)
+    out += ["", "## Figures", ""]
+    out += [
+        f"- {name}: ![{name}]({path.as_posix()})"
+        for name, path in figures.items()
+        if path.suffix == ".png"
+    ]
+    out += [
+        "",
+        "## Settings",
+        "",
+        "```",
+        *[f"{k}: {v}" for k, v in report.settings.items()],
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _summary_lines(report: EvalReport) -> list[str]:
+    """Title, run time, the benchmark targets and the caveats that qualify them."""
     out = [f"# Evaluation report: {report.model_name} `{report.hook_name}`", ""]
     out.append(
         f"Created {report.created}; total time {report.timings.get('total_s', 0):.0f} s. "
@@ -111,8 +141,11 @@ def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
             f"{20 * d_model} for target (c); the paper used 50,000)."
         )
     out += ["", "Caveats:", *[f"- {c}" for c in caveats], ""]
+    return out
 
-    out += [
+
+def _dataset_lines(report: EvalReport) -> list[str]:
+    out = [
         "## Held-out data",
         "",
         "| set | windows | documents | tokens patched | outliers unpatched | clean loss |",
@@ -123,7 +156,12 @@ def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
             f"| {name} | {d['n_windows']} | {d['n_documents']} | {d['n_patched_tokens']} "
             f"| {d['n_outliers_unpatched']} | {d['clean_loss']:.4f} |"
         )
+    return out
 
+
+def _delta_lm_lines(report: EvalReport) -> list[str]:
+    """One table per data set, conditions in the order they were measured."""
+    out: list[str] = []
     conditions = list(dict.fromkeys(r.condition for r in report.results))
     for dataset in report.datasets:
         out += ["", f"## Delta LM on `{dataset}`", ""]
@@ -145,8 +183,11 @@ def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
                     f"[{r.delta_lm.low:.4f}, {r.delta_lm.high:.4f}] | {r.rel_error_raw:.3f} | "
                     f"{r.rel_error_normalized:.3f} |"
                 )
+    return out
 
-    out += [
+
+def _best_setting_lines(report: EvalReport) -> list[str]:
+    out = [
         "",
         "## Best setting per method",
         "",
@@ -160,59 +201,50 @@ def render_markdown(report: EvalReport, figures: dict[str, Path]) -> str:
             f"| {entry['dataset']} | {entry['condition']} | {entry['method']} | "
             f"{entry['setting']} | {entry['delta_lm']:.4f} | {entry['why']} |"
         )
+    return out
 
-    fd = report.frechet
-    if fd:
-        floor = fd["floor"]
-        out += [
-            "",
-            "## Frechet distance to held-out activations",
-            "",
-            f"Floor (train vs held-out, n={floor['n']}): raw {floor['raw']:.4g}, normalised "
-            f"{floor['normalized']:.4g}.",
-            "",
-            "| samples | n | FD raw | x floor | FD normalised | x floor |",
-            "|---|---|---|---|---|---|",
-        ]
-        for row in fd["results"]:
-            out.append(
-                f"| {row['name']} | {row['n']} | {row['raw']:.4g} | {row['raw_ratio']:.2f} "
-                f"| {row['normalized']:.4g} | {row['normalized_ratio']:.2f} |"
-            )
 
-    out += ["", "## Steering", ""]
+def _frechet_lines(fd: dict) -> list[str]:
+    """The Frechet-distance table; nothing when the report has no Frechet section."""
+    if not fd:
+        return []
+    floor = fd["floor"]
+    out = [
+        "",
+        "## Frechet distance to held-out activations",
+        "",
+        f"Floor (train vs held-out, n={floor['n']}): raw {floor['raw']:.4g}, normalised "
+        f"{floor['normalized']:.4g}.",
+        "",
+        "| samples | n | FD raw | x floor | FD normalised | x floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in fd["results"]:
+        out.append(
+            f"| {row['name']} | {row['n']} | {row['raw']:.4g} | {row['raw_ratio']:.2f} "
+            f"| {row['normalized']:.4g} | {row['normalized_ratio']:.2f} |"
+        )
+    return out
+
+
+def _steering_lines(report: EvalReport) -> list[str]:
+    out = ["", "## Steering", ""]
     if report.steering is None:
         out.append("Steering curves were not run (`steer_curve_scales` was empty).")
-    else:
-        curves = report.steering
-        out += [
-            "Greedy continuations steered towards each concept at relative scale r. Concept lift: "
-            "log-probability of the concept's words vs the unsteered continuation (higher is more "
-            "on-concept); NLL: the continuation under the unsteered model (lower is more fluent). "
-            "95% bootstrap intervals over (concept, prompt) pairs; * marks the Pareto front.",
-            "",
-            "| method | r | concept lift | NLL | n |",
-            "|---|---|---|---|---|",
-        ]
-        for i, p in sorted(enumerate(curves.points), key=lambda ip: (ip[1].method, ip[1].scale)):
-            star = " *" if i in curves.front else ""
-            out.append(
-                f"| {p.method}{star} | {p.scale:g} | {_ci(p.concept)} | {_ci(p.fluency)} | {p.n} |"
-            )
-
-    out += ["", "## Figures", ""]
+        return out
+    curves = report.steering
     out += [
-        f"- {name}: ![{name}]({path.as_posix()})"
-        for name, path in figures.items()
-        if path.suffix == ".png"
+        "Greedy continuations steered towards each concept at relative scale r. Concept lift: "
+        "log-probability of the concept's words vs the unsteered continuation (higher is more "
+        "on-concept); NLL: the continuation under the unsteered model (lower is more fluent). "
+        "95% bootstrap intervals over (concept, prompt) pairs; * marks the Pareto front.",
+        "",
+        "| method | r | concept lift | NLL | n |",
+        "|---|---|---|---|---|",
     ]
-    out += [
-        "",
-        "## Settings",
-        "",
-        "```",
-        *[f"{k}: {v}" for k, v in report.settings.items()],
-        "```",
-        "",
-    ]
-    return "\n".join(out)
+    for i, p in sorted(enumerate(curves.points), key=lambda ip: (ip[1].method, ip[1].scale)):
+        star = " *" if i in curves.front else ""
+        out.append(
+            f"| {p.method}{star} | {p.scale:g} | {_ci(p.concept)} | {_ci(p.fluency)} | {p.n} |"
+        )
+    return out

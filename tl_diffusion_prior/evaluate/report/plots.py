@@ -6,6 +6,7 @@ matplotlib backend of a notebook or script that imports this package.
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from tl_diffusion_prior.constants import LOSS_CSV_NAME
+from tl_diffusion_prior.core.serialization import atomic_write_bytes
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves
 from tl_diffusion_prior.priors.base import DiffusionPrior
@@ -29,12 +31,11 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, bbox_inches="tight")
-    os.replace(tmp, path)
-    return path
+    """Render ``fig`` as PNG and write it atomically (a reader never sees half a figure)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
+    atomic_write_bytes(path, png.getvalue())
+    return Path(path)
 
 
 def loss_columns(path: str | os.PathLike) -> dict[str, list[float]]:
@@ -48,18 +49,14 @@ def loss_columns(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def loss_history(prior: DiffusionPrior, directory: str | os.PathLike | None = None) -> dict:
-    """The prior's training curve: ``config.training["history"]``, a CSV it names, or
-    ``loss.csv`` next to its weights (where the trainer's CLI copies it); empty when none."""
+    """The prior's training curve: ``config.training["history"]``, or ``loss.csv`` in
+    ``directory`` (next to its weights, where the trainer's CLI copies it); empty when none."""
     training = prior.config.training or {}
     history = training.get("history")
     if isinstance(history, dict) and history:
         return {k: list(v) for k, v in history.items() if isinstance(v, list)}
-    candidates = [training.get(key) for key in ("loss_csv", "loss_csv_path", "log_csv")]
-    if directory is not None:
-        candidates.append(Path(directory) / LOSS_CSV_NAME)
-    for path in candidates:
-        if isinstance(path, str | os.PathLike) and Path(path).is_file():
-            return loss_columns(path)
+    if directory is not None and (Path(directory) / LOSS_CSV_NAME).is_file():
+        return loss_columns(Path(directory) / LOSS_CSV_NAME)
     return {}
 
 
