@@ -19,9 +19,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from tl_diffusion_prior.core.moments import covariance
 from tl_diffusion_prior.core.normalizer import Normalizer
-
-_CHUNK = 8192
 
 
 @dataclass
@@ -41,24 +40,9 @@ class GaussianMoments:
             raise ValueError(f"x must be a float [n, d] tensor, got {getattr(x, 'shape', x)}.")
         if x.shape[0] < 2:
             raise ValueError(f"Need at least 2 samples for a covariance, got {x.shape[0]}.")
-        d = x.shape[1]
-        shift = None
-        total = torch.zeros(d, dtype=torch.float64)
-        outer = torch.zeros(d, d, dtype=torch.float64)
-        for start in range(0, x.shape[0], _CHUNK):
-            chunk = x[start : start + _CHUNK]
-            if normalizer is not None:
-                chunk = normalizer.normalize(chunk.float())
-            chunk = chunk.to("cpu", torch.float64)
-            if shift is None:
-                shift = chunk.mean(0)
-            chunk = chunk - shift
-            total += chunk.sum(0)
-            outer += chunk.T @ chunk
-        n = x.shape[0]
-        centred_mean = total / n
-        cov = outer / n - torch.outer(centred_mean, centred_mean)
-        return cls(mean=shift + centred_mean, cov=0.5 * (cov + cov.T), n=n)
+        normalize = None if normalizer is None else lambda rows: normalizer.normalize(rows.float())
+        mean, cov = covariance(x, normalize)
+        return cls(mean=mean, cov=cov, n=x.shape[0])
 
 
 def sqrtm_psd(matrix: Float[Tensor, "d d"]) -> Float[Tensor, "d d"]:

@@ -25,6 +25,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
+from tl_diffusion_prior.core.moments import covariance
+
 GRID_PATHS = ("row_major", "snake", "hilbert")
 
 
@@ -160,9 +162,7 @@ def correlation_matrix(samples: Float[Tensor, "n d"]) -> Float[Tensor, "d d"]:
     """Pearson correlation of the columns of ``samples`` (float64; constant columns get 0)."""
     if samples.ndim != 2 or samples.shape[0] < 2:
         raise ValueError(f"samples must be [n >= 2, d], got shape {tuple(samples.shape)}.")
-    x = samples.detach().to(torch.float64)
-    x = x - x.mean(0)
-    cov = x.T @ x / (x.shape[0] - 1)
+    _, cov = covariance(samples.detach(), correction=1, device=samples.device)
     std = cov.diagonal().clamp_min(0).sqrt()
     safe = torch.where(std > 0, std, torch.ones_like(std))
     corr = cov / safe[:, None] / safe[None, :]

@@ -38,6 +38,7 @@ from diffusers import DDPMScheduler, UNet2DModel
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from tl_diffusion_prior.core.moments import covariance
 from tl_diffusion_prior.core.normalizer import Float32BuffersMixin
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
@@ -75,10 +76,7 @@ class GaussianNoisePredictor(Float32BuffersMixin):
     @torch.no_grad()
     def fit(self, z: Float[Tensor, "n d_model"]) -> None:
         """Fit the mean and covariance of normalised samples ``z``."""
-        z64 = z.detach().to("cpu", torch.float64)
-        mean = z64.mean(0)
-        centred = z64 - mean
-        cov = centred.T @ centred / max(z64.shape[0] - 1, 1)
+        mean, cov = covariance(z.detach(), correction=1)
         eigvals, eigvecs = torch.linalg.eigh(cov)
         self.mean.copy_(mean)
         self.eigvecs.copy_(eigvecs)

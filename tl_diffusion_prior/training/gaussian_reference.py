@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.core.moments import CovarianceSums
 from tl_diffusion_prior.priors.base import DiffusionPrior
 
 
@@ -70,24 +70,20 @@ def _normalized_moments(
     device = normalizer.mean.device
     mean = normalizer.mean.to(torch.float64)
     std = normalizer.std.to(torch.float64)
-    count = torch.zeros((), dtype=torch.float64, device=device)
-    total = torch.zeros(d_model, dtype=torch.float64, device=device)
-    outer = torch.zeros(d_model, d_model, dtype=torch.float64, device=device)
+    # Normalised rows have mean ~0, so summing about zero is well conditioned, and a fixed shift
+    # is what lets every rank's sums be added.
+    sums = CovarianceSums(d_model, device, shift=torch.zeros(d_model, dtype=torch.float64))
     for chunk in activations.split(chunk_size):
-        z = (chunk.to(device, torch.float64) - mean) / std
-        count += z.shape[0]
-        total += z.sum(0)
-        outer += z.T @ z
-    packed = distributed.all_reduce_sum(torch.cat([count.reshape(1), total, outer.reshape(-1)]))
-    n = int(packed[0].item())
+        sums.update((chunk.to(device, torch.float64) - mean) / std)
+    sums.all_reduce()
+    n = sums.n
     if n < 2:
         raise ValueError(
             f"The Gaussian reference needs at least 2 activation rows, got {n}; pass more "
             "activations."
         )
-    centre = packed[1 : 1 + d_model] / n
-    cov = packed[1 + d_model :].reshape(d_model, d_model) / n - torch.outer(centre, centre)
-    return centre, (cov + cov.T) / 2, n
+    centre, cov = sums.mean_cov()
+    return centre, cov, n
 
 
 def normalized_covariance_eigenvalues(

@@ -27,6 +27,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.core.moments import covariance
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.evaluate.baselines.base import (
@@ -35,8 +36,6 @@ from tl_diffusion_prior.evaluate.baselines.base import (
     activation_rows,
     register_baseline,
 )
-
-_FIT_CHUNK = 8192
 
 
 @dataclass(kw_only=True)
@@ -100,21 +99,8 @@ class GaussianBaseline(Baseline):
             raise ValueError(f"normalizer has d_model={normalizer.d_model}, rows have {d}.")
         if rows.shape[0] < 2:
             raise ValueError(f"Need at least 2 rows to fit a covariance, got {rows.shape[0]}.")
-        total = torch.zeros(d, dtype=torch.float64)
-        outer = torch.zeros(d, d, dtype=torch.float64)
-        shift = None
-        # Accumulating around a first-chunk shift keeps the float64 sums well conditioned.
-        for start in range(0, rows.shape[0], _FIT_CHUNK):
-            z = normalizer.normalize(rows[start : start + _FIT_CHUNK]).to("cpu", torch.float64)
-            if shift is None:
-                shift = z.mean(0)
-            z = z - shift
-            total += z.sum(0)
-            outer += z.T @ z
+        mean, cov = covariance(rows, normalizer.normalize)
         n = rows.shape[0]
-        centred_mean = total / n
-        cov = outer / n - torch.outer(centred_mean, centred_mean)
-        cov = 0.5 * (cov + cov.T)
         eigenvalues, eigenvectors = torch.linalg.eigh(cov)
         order = torch.argsort(eigenvalues, descending=True)
         config = GaussianBaselineConfig(
@@ -126,7 +112,7 @@ class GaussianBaseline(Baseline):
         )
         baseline = cls(config)
         baseline.normalizer.load_state_dict(normalizer.state_dict())
-        baseline.mean.copy_(shift + centred_mean)
+        baseline.mean.copy_(mean)
         baseline.eigenvalues.copy_(eigenvalues[order].clamp_min(0.0))
         baseline.eigenvectors.copy_(eigenvectors[:, order])
         return baseline.to(rows.device)
