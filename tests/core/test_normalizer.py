@@ -1,7 +1,8 @@
 import pytest
 import torch
+from torch import nn
 
-from tl_diffusion_prior.core.normalizer import Normalizer
+from tl_diffusion_prior.core.normalizer import Float32BuffersMixin, Normalizer
 
 
 def fitted(d=8, eps=1e-5, seed=0):
@@ -91,3 +92,20 @@ def test_rejects_bad_construction_and_inputs():
         Normalizer(4, eps=0.0)
     with pytest.raises(ValueError, match="d_model=4"):
         Normalizer(4).normalize(torch.zeros(2, 5))
+
+
+def test_float32_buffers_mixin_keeps_own_buffers_but_casts_submodules():
+    class Stats(Float32BuffersMixin):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("mean", torch.full((3,), 1.0 + 2.0**-12))
+            self.register_buffer("steps", torch.arange(3))
+            self.linear = nn.Linear(3, 3)
+
+    module = Stats()
+    assert module.half() is module
+    assert module.mean.dtype == torch.float32 and module.mean[0].item() == 1.0 + 2.0**-12
+    assert module.steps.dtype == torch.int64
+    assert module.linear.weight.dtype == torch.float16
+    module.to("meta", torch.bfloat16)
+    assert module.mean.device.type == "meta" and module.mean.dtype == torch.float32
