@@ -26,6 +26,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from tl_diffusion_prior.core.moments import covariance
+from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
 
 GRID_PATHS = ("row_major", "snake", "hilbert")
 
@@ -37,12 +38,9 @@ def choose_grid_shape(d_model: int, multiple: int, max_aspect: float = 4.0) -> t
     resolutions) and the long side is at most ``max_aspect`` times the short one. Among grids with
     the least padding the most square one wins, with height <= width.
     """
-    if not isinstance(d_model, int) or d_model < 1:
-        raise ValueError(f"d_model must be a positive int, got {d_model!r}.")
-    if not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple must be a positive int, got {multiple!r}.")
-    if max_aspect < 1:
-        raise ValueError(f"max_aspect must be >= 1, got {max_aspect!r}.")
+    check_int("d_model", d_model, minimum=1)
+    check_int("multiple", multiple, minimum=1)
+    check_float("max_aspect", max_aspect, minimum=1.0)
     best: tuple[int, float, int, int] | None = None
     height = multiple
     # height <= width, so height never needs to exceed the side of the smallest square that fits
@@ -104,10 +102,9 @@ def _gilbert(x: int, y: int, ax: int, ay: int, bx: int, by: int) -> Iterator[tup
 
 def grid_path(height: int, width: int, path: str) -> Int[Tensor, " cells"]:
     """Flat row-major indices of the cells of a ``height x width`` grid, in ``path`` order."""
-    if path not in GRID_PATHS:
-        raise ValueError(f"path must be one of {GRID_PATHS}, got {path!r}.")
-    if height < 1 or width < 1:
-        raise ValueError(f"Grid sides must be positive, got {height}x{width}.")
+    check_choice("path", path, GRID_PATHS)
+    check_int("height", height, minimum=1)
+    check_int("width", width, minimum=1)
     cells = torch.arange(height * width).view(height, width)
     if path == "row_major":
         return cells.reshape(-1)
