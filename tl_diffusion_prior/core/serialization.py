@@ -93,16 +93,27 @@ def atomic_directory(final_dir: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     try:
         yield tmp
-        if final_dir.exists():
-            old = final_dir.with_name(f".{final_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final_dir, old)
-            os.replace(tmp, final_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final_dir)
+        replace_dir(tmp, final_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Move the complete directory ``tmp`` to ``final``, replacing any directory already there.
+
+    The old ``final`` is first renamed to a hidden ``.<name>.old`` sibling and deleted only once the
+    new one is in place, so ``final`` is never a mixture of the two. ``tmp`` and ``final`` must be
+    on the same filesystem (``os.replace``).
+    """
+    tmp, final = Path(tmp), Path(final)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
 
 
 def load_state_dict_checked(module: torch.nn.Module, path: str | os.PathLike, what: str) -> None:

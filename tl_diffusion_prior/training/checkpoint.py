@@ -40,6 +40,7 @@ from tl_diffusion_prior.core.serialization import (
     atomic_write_json,
     load_safetensors,
     read_json,
+    replace_dir,
 )
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.training.config import TrainConfig
@@ -81,15 +82,19 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
     Temporary (``.step_*.tmp``) directories left by a crash are ignored.
     """
-    run_dir = Path(run_dir)
+    found = _complete_checkpoints(Path(run_dir))
+    return found[-1][1] if found else None
+
+
+def _complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, directory)`` of every complete checkpoint in ``run_dir``, by increasing step."""
     if not run_dir.is_dir():
-        return None
-    found = []
-    for child in run_dir.iterdir():
-        match = _STEP_DIR.match(child.name)
-        if match and (child / CHECKPOINT_META_NAME).is_file():
-            found.append((int(match.group(1)), child))
-    return max(found)[1] if found else None
+        return []
+    return sorted(
+        (int(m.group(1)), child)
+        for child in run_dir.iterdir()
+        if (m := _STEP_DIR.match(child.name)) and (child / CHECKPOINT_META_NAME).is_file()
+    )
 
 
 def save_checkpoint(
@@ -138,7 +143,7 @@ def save_checkpoint(
             }
             # Written last: a directory with this file is complete.
             atomic_write_json(tmp / CHECKPOINT_META_NAME, full_meta)
-            _replace_dir(tmp, final)
+            replace_dir(tmp, final)
             _prune(run_dir, keep_last)
     finally:
         if rank == 0:
@@ -147,24 +152,8 @@ def save_checkpoint(
     return final
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
 def _prune(run_dir: Path, keep_last: int) -> None:
-    steps = sorted(
-        (int(m.group(1)), child)
-        for child in run_dir.iterdir()
-        if (m := _STEP_DIR.match(child.name)) and (child / CHECKPOINT_META_NAME).is_file()
-    )
-    for _, child in steps[:-keep_last]:
+    for _, child in _complete_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(child, ignore_errors=True)
 
 
