@@ -1,11 +1,7 @@
 import matplotlib
 
-from tl_diffusion_prior.training.loss_curve import (
-    HISTORY_COLUMNS,
-    plot_loss_curve,
-    read_loss_csv,
-    write_loss_csv,
-)
+from tl_diffusion_prior.training.loss_log import plot_loss_curve, read_loss_csv, write_loss_csv
+from tl_diffusion_prior.training.monitor import HISTORY_COLUMNS
 
 HISTORY = [
     {"step": 10, "lr": 1e-3, "train_loss": 1.5, "val_loss": None, "grad_norm": 0.4},

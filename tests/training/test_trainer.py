@@ -21,7 +21,7 @@ from tl_diffusion_prior.constants import LOSS_CSV_NAME, LOSS_PNG_NAME
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.training import NonFiniteLossError, train_prior
 from tl_diffusion_prior.training import checkpoint as ckpt
-from tl_diffusion_prior.training.loss_curve import read_loss_csv
+from tl_diffusion_prior.training.loss_log import read_loss_csv
 
 
 class SimulatedCrash(RuntimeError):

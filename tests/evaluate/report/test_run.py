@@ -11,7 +11,7 @@ from tl_diffusion_prior.evaluate.fidelity import TokenSet
 from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.evaluate.steering_curves import steering_curves
-from tl_diffusion_prior.training.loss_curve import write_loss_csv
+from tl_diffusion_prior.training.loss_log import write_loss_csv
 
 HOOK = "blocks.1.hook_resid_post"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -21,7 +21,7 @@ from tl_diffusion_prior.core.serialization import atomic_write_bytes
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.training.loss_curve import read_loss_csv
+from tl_diffusion_prior.training.loss_log import read_loss_csv
 
 
 def _figure(width: float, height: float):
