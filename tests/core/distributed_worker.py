@@ -1,4 +1,4 @@
-"""Run by tests/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
+"""Run by tests/core/test_distributed.py under ``torchrun --nproc_per_node 2`` (gloo, CPU).
 
 Each rank pushes its own synthetic rows into its own buffer and starts from a different random
 initialisation. Three tiny runs: uninterrupted; interrupted by a simulated crash; resumed. Each rank

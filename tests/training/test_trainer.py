@@ -271,18 +271,6 @@ def test_refill_is_called_every_refill_every_steps():
         train_prior(tiny_prior(), buffer, config)
 
 
-def test_provenance_is_recorded_in_the_prior_config(tmp_path):
-    prior = tiny_prior()
-    provenance = {"corpus": "synthetic ring", "tokens": 1234}
-    train_prior(prior, filled_buffer(), tiny_config(steps=4), provenance=provenance)
-    training = prior.config.training
-    assert training["corpus"] == "synthetic ring" and training["tokens"] == 1234
-    assert training["samples_seen"] == 4 * 32 and training["stopped_reason"] == "completed"
-    assert training["train_config"]["batch_size"] == 32 and "date" in training
-    prior.save_pretrained(tmp_path)
-    assert load_prior(tmp_path).config.training == training
-
-
 def test_no_files_without_checkpoint_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train_prior(tiny_prior(), filled_buffer(), tiny_config(steps=4))
