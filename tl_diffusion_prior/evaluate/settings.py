@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from tl_diffusion_prior.core.config import ConfigBase
 from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
 from tl_diffusion_prior.evaluate.baselines.sae_training import SAETrainConfig
 
@@ -14,7 +14,7 @@ DEFAULT_SEQ_LEN = 128
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(ConfigBase):
     """Knobs of :func:`~tl_diffusion_prior.evaluate.report.run.run_evaluation`.
 
     Cost: every (data set, condition, method, setting) runs the model from the hook to the end
@@ -62,6 +62,8 @@ class EvalSettings:
         n_bootstrap: Bootstrap resamples of every interval.
         seed: Seed of all noise, subsampling and SAE training.
     """
+
+    unknown_keys_label: ClassVar[str] = "evaluation settings"
 
     seq_len: int | None = None
     max_sequences: int = 128
@@ -144,14 +146,6 @@ class EvalSettings:
         data.setdefault("seed", self.seed)
         return SAETrainConfig(**data)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EvalSettings:
-        """Settings from JSON-like data (lists for tuples, ints for floats are accepted)."""
-        return cls(**_coerce(data))
-
     @classmethod
     def quick(cls, **overrides) -> EvalSettings:
         """A few minutes on a CPU: small held-out sets, short sweeps, small SAEs."""
@@ -176,29 +170,4 @@ class EvalSettings:
             n_bootstrap=500,
         )
         values.update(overrides)
-        return cls(**_coerce(values))
-
-
-_FLOAT_FIELDS = ("outlier_multiple", "headline_noise_std", "headline_t")
-_FLOAT_TUPLES = ("ts", "noise_stds", "steer_scales", "steer_ts", "steer_curve_scales")
-
-
-def _coerce(data: dict[str, Any]) -> dict[str, Any]:
-    """JSON round trips turn tuples into lists and 1.0 into 1: restore the declared types."""
-    known = {f.name for f in dataclasses.fields(EvalSettings)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"Unknown evaluation settings {unknown}; known: {sorted(known)}.")
-    out = dict(data)
-    for name in _FLOAT_FIELDS:
-        if isinstance(out.get(name), int) and not isinstance(out[name], bool):
-            out[name] = float(out[name])
-    for name in _FLOAT_TUPLES:
-        if name in out:
-            out[name] = tuple(float(v) for v in out[name])
-    for name in ("pca_ks", "gaussian_modes"):
-        if name in out:
-            out[name] = tuple(out[name])
-    if "sae_sizes" in out:
-        out["sae_sizes"] = tuple(tuple(pair) for pair in out["sae_sizes"])
-    return out
+        return cls.from_dict(values)

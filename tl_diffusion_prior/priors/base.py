@@ -21,37 +21,32 @@ evaluation (the contract tests count its calls).
 from __future__ import annotations
 
 import abc
-import dataclasses
-import json
-import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
-from tl_diffusion_prior.core.normalizer import Normalizer
-from tl_diffusion_prior.core.serialization import (
-    atomic_directory,
-    atomic_save_safetensors,
-    atomic_write_json,
-    load_state_dict_checked,
-    read_json,
+from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
+from tl_diffusion_prior.core.validation import check_positive_int
+
+#: Architecture name -> prior class. Importing :mod:`tl_diffusion_prior.priors` fills it.
+PRIOR_REGISTRY: Registry[DiffusionPrior] = Registry(
+    "prior architecture",
+    hint="Import the module that defines it (tl_diffusion_prior.priors registers the built-in "
+    "ones) or fix the config.",
 )
-from tl_diffusion_prior.core.validation import build_config, check_positive_int
-
-PRIOR_REGISTRY: dict[str, type[DiffusionPrior]] = {}
-
-PriorT = TypeVar("PriorT", bound="DiffusionPrior")
 
 
 @dataclass(kw_only=True)
-class PriorConfig:
+class PriorConfig(PretrainedConfig):
     """Fields shared by every prior design. Subclasses add the design's own fields.
+
+    The shared fields and their checks come from
+    :class:`~tl_diffusion_prior.core.pretrained.PretrainedConfig`; a prior must name its hook and
+    source model.
 
     Attributes:
         architecture: Registry key of the design (``"mlp"``, ``"unet"``); fixed by each subclass.
@@ -65,129 +60,39 @@ class PriorConfig:
         format_version: On-disk format version; files from a newer version are rejected.
     """
 
+    registry: ClassVar[Registry] = PRIOR_REGISTRY
+    registry_key: ClassVar[str] = "architecture"
+    require_provenance: ClassVar[bool] = True
+    saved_object: ClassVar[str] = "prior"
     #: The ``architecture`` value a subclass requires (None on the base class).
     expected_architecture: ClassVar[str | None] = None
 
     architecture: str
-    d_model: int
     hook_name: str
     model_name: str
-    norm_eps: float = 1e-5
-    training: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        expected = type(self).expected_architecture
-        if expected is not None and self.architecture != expected:
-            raise ValueError(
-                f"{type(self).__name__} needs architecture={expected!r}, got "
-                f"{self.architecture!r}; use the config class of {self.architecture!r} instead."
-            )
-        if not isinstance(self.architecture, str) or not self.architecture:
-            raise ValueError(f"architecture must be a non-empty str, got {self.architecture!r}.")
-        check_positive_int("d_model", self.d_model)
-        for name in ("hook_name", "model_name"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{name} must be a non-empty str, got {value!r}.")
-        if (
-            isinstance(self.norm_eps, bool)
-            or not isinstance(self.norm_eps, int | float)
-            or not math.isfinite(self.norm_eps)
-            or self.norm_eps <= 0
-        ):
-            raise ValueError(f"norm_eps must be a positive finite float, got {self.norm_eps!r}.")
-        if not isinstance(self.training, dict):
-            raise ValueError(f"training must be a dict, got {type(self.training).__name__}.")
-        try:
-            json.dumps(self.training)
-        except TypeError as exc:
-            raise ValueError(
-                f"training must be JSON-serialisable (it is saved in {CONFIG_NAME}): {exc}"
-            ) from exc
-        check_positive_int("format_version", self.format_version)
-        if self.format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"format_version {self.format_version} is newer than this library supports "
-                f"({FORMAT_VERSION}); upgrade tl_diffusion_prior to load this prior."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PriorConfig:
-        """Build the config class that ``data["architecture"]`` names.
-
-        Raises ValueError on unknown architectures, unknown keys, newer format versions, or when
-        called on a subclass whose architecture differs from ``data``'s.
-        """
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict, got {type(data).__name__}.")
-        arch = data.get("architecture")
-        if arch not in PRIOR_REGISTRY:
-            raise ValueError(
-                f"Unknown prior architecture {arch!r}; registered: {sorted(PRIOR_REGISTRY)}. "
-                "Import the module that defines it (tl_diffusion_prior.priors registers the "
-                "built-in ones) or fix the config."
-            )
-        target = PRIOR_REGISTRY[arch].config_class
-        if cls is not PriorConfig and not issubclass(target, cls):
-            raise ValueError(
-                f"{cls.__name__}.from_dict got architecture={arch!r}, which belongs to "
-                f"{target.__name__}; use PriorConfig.from_dict to dispatch on the architecture."
-            )
-        version = data.get("format_version", FORMAT_VERSION)
-        if isinstance(version, int) and version > FORMAT_VERSION:
-            raise ValueError(
-                f"format_version {version} is newer than this library supports "
-                f"({FORMAT_VERSION}); upgrade tl_diffusion_prior to load this prior."
-            )
-        return build_config(target, data)
 
 
 def register_prior(name: str):
     """Class decorator: register a DiffusionPrior subclass under ``name`` (its architecture)."""
-
-    def decorator(cls: type[DiffusionPrior]) -> type[DiffusionPrior]:
-        if name in PRIOR_REGISTRY and PRIOR_REGISTRY[name] is not cls:
-            raise ValueError(
-                f"Prior architecture {name!r} is already registered to "
-                f"{PRIOR_REGISTRY[name].__qualname__}; pick another name."
-            )
-        if cls.config_class.expected_architecture != name:
-            raise ValueError(
-                f"{cls.__qualname__}.config_class.expected_architecture is "
-                f"{cls.config_class.expected_architecture!r}, but it is registered as {name!r}."
-            )
-        cls.architecture = name
-        PRIOR_REGISTRY[name] = cls
-        return cls
-
-    return decorator
+    return PRIOR_REGISTRY.register(name)
 
 
-class DiffusionPrior(nn.Module, abc.ABC):
+class DiffusionPrior(PretrainedModule, abc.ABC):
     """Base class of the diffusion priors over one hook's activations (see module docstring).
+
+    ``save_pretrained``/``from_pretrained`` are
+    :class:`~tl_diffusion_prior.core.pretrained.PretrainedModule`'s: ``from_pretrained`` on
+    ``DiffusionPrior`` returns the class the saved config names, on a subclass it raises
+    ValueError when the saved architecture is another one.
 
     Args:
         config: The design's config; its ``d_model`` and ``norm_eps`` size the normaliser.
     """
 
     config_class: ClassVar[type[PriorConfig]] = PriorConfig
+    config: PriorConfig
     architecture: ClassVar[str]
     network: nn.Module
-
-    def __init__(self, config: PriorConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got "
-                f"{type(config).__name__}."
-            )
-        self.config = config
-        self.normalizer = Normalizer(config.d_model, eps=config.norm_eps)
 
     # ----------------------------------------------------------------- design-specific pieces
     @abc.abstractmethod
@@ -388,50 +293,6 @@ class DiffusionPrior(nn.Module, abc.ABC):
                 f"This prior was trained on {cfg.model_name!r} activations, not {model_name!r}; "
                 "use a prior trained on this model."
             )
-
-    # ----------------------------------------------------------------------- save / load
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (weights and normaliser) atomically."""
-        tensors = {k: v.detach() for k, v in self.state_dict().items()}
-        meta = {"architecture": self.architecture, "format_version": str(FORMAT_VERSION)}
-        with atomic_directory(directory) as tmp:
-            atomic_write_json(tmp / CONFIG_NAME, self.config.to_dict())
-            atomic_save_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta)
-
-    @classmethod
-    def from_pretrained(
-        cls: type[PriorT],
-        directory: str | os.PathLike,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> PriorT:
-        """Load a prior saved by :meth:`save_pretrained` (no unpickling).
-
-        On ``DiffusionPrior`` it returns the class the config names; on a subclass it raises
-        ValueError when the saved architecture is another one.
-        """
-        directory = Path(directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"No {CONFIG_NAME} in {directory!s}; pass a directory written by save_pretrained."
-            )
-        config = PriorConfig.from_dict(read_json(config_path))
-        prior_cls = PRIOR_REGISTRY[config.architecture]
-        if cls is not DiffusionPrior and not issubclass(prior_cls, cls):
-            raise ValueError(
-                f"{directory!s} holds a {config.architecture!r} prior ({prior_cls.__name__}), "
-                f"not a {cls.__name__}; load it with {prior_cls.__name__}.from_pretrained or "
-                "tl_diffusion_prior.priors.load_prior."
-            )
-        prior = prior_cls(config)
-        load_state_dict_checked(
-            prior,
-            directory / WEIGHTS_NAME,
-            f"the {prior_cls.__name__} that {CONFIG_NAME} describes",
-        )
-        prior.eval()
-        return prior.to(device=device, dtype=dtype)
 
     # ---------------------------------------------------------------------------- helpers
     def _check_activations(self, x: Any, name: str) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
 import torch
 
+from tl_diffusion_prior.core.config import ConfigBase
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering.noise import check_seed
 from tl_diffusion_prior.steering.positions import POSITIONS
@@ -17,7 +17,7 @@ SCALE_MODES = ("absolute", "relative")
 
 
 @dataclass
-class SteeringConfig:
+class SteeringConfig(ConfigBase):
     """How to steer (everything but the model, hook, vector and prior).
 
     Attributes:
@@ -33,6 +33,8 @@ class SteeringConfig:
             prompt's end) or ``"generated"`` (the generated ones).
         seed: Seeds the denoising noise; None draws one from torch's global RNG when attaching.
     """
+
+    unknown_keys_label: ClassVar[str] = "SteeringConfig keys"
 
     scale: float | int
     scale_mode: str = "absolute"
@@ -74,17 +76,6 @@ class SteeringConfig:
             raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
         if self.seed is not None:
             check_seed(self.seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SteeringConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown SteeringConfig keys {unknown}; expected {sorted(known)}.")
-        return cls(**data)
 
 
 def reference_norm_from_prior(prior: DiffusionPrior) -> float:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
 
+from tl_diffusion_prior.core.config import ConfigBase
 from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
 
 AUTOCAST_MODES = ("auto", "bf16", "off")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(ConfigBase):
     """Hyperparameters of :func:`~tl_diffusion_prior.training.trainer.train_prior`.
 
     The defaults follow the paper's recipe (AdamW, 1 % linear warm-up, cosine to 0.1 x lr, grad
@@ -50,6 +50,8 @@ class TrainConfig:
         autocast: ``"auto"`` (bf16 on CUDA, off on CPU), ``"bf16"`` or ``"off"``.
         progress: show a tqdm progress bar with the loss (rank 0 only).
     """
+
+    unknown_keys_label: ClassVar[str] = "TrainConfig keys"
 
     steps: int = 2000
     batch_size: int = 1024
@@ -104,24 +106,6 @@ class TrainConfig:
     @property
     def warmup_steps(self) -> int:
         return round(self.warmup_fraction * self.steps)
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["betas"] = list(self.betas)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"Unknown TrainConfig keys {unknown}; expected a subset of {sorted(known)}."
-            )
-        data = dict(data)
-        if "betas" in data:
-            data["betas"] = tuple(data["betas"])
-        return cls(**data)
 
 
 def get_lr(step: int, config: TrainConfig) -> float:

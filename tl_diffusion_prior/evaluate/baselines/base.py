@@ -17,36 +17,33 @@ exist:
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float
-from torch import Tensor, nn
+from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
 from tl_diffusion_prior.core.normalizer import Normalizer
-from tl_diffusion_prior.core.serialization import (
-    atomic_directory,
-    atomic_save_safetensors,
-    atomic_write_json,
-    load_state_dict_checked,
-    read_json,
-)
-from tl_diffusion_prior.core.validation import build_config, check_positive_int
+from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
+from tl_diffusion_prior.core.validation import check_positive_int
 
-BASELINE_REGISTRY: dict[str, type[Baseline]] = {}
+#: Kind name -> baseline class. Importing :mod:`tl_diffusion_prior.evaluate.baselines` fills it.
+BASELINE_REGISTRY: Registry[Baseline] = Registry(
+    "baseline kind",
+    hint="Import tl_diffusion_prior.evaluate.baselines to register the built-in ones.",
+)
 
 
 @dataclass(kw_only=True)
-class BaselineConfig:
+class BaselineConfig(PretrainedConfig):
     """Fields shared by every baseline; subclasses add their own.
+
+    The shared fields and their checks come from
+    :class:`~tl_diffusion_prior.core.pretrained.PretrainedConfig`; for a baseline the hook and
+    model names are optional provenance.
 
     Attributes:
         kind: Registry key (``"gaussian"``, ``"topk_sae"``); fixed by each subclass.
@@ -58,100 +55,32 @@ class BaselineConfig:
         format_version: On-disk format version; newer files are rejected.
     """
 
+    registry: ClassVar[Registry] = BASELINE_REGISTRY
+    registry_key: ClassVar[str] = "kind"
+    require_provenance: ClassVar[bool] = False
+    saved_object: ClassVar[str] = "baseline"
+    #: The ``kind`` value a subclass requires (None on the base class).
     expected_kind: ClassVar[str | None] = None
 
     kind: str
-    d_model: int
-    hook_name: str = ""
-    model_name: str = ""
-    norm_eps: float = 1e-5
-    training: dict = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-
-    def __post_init__(self) -> None:
-        expected = type(self).expected_kind
-        if expected is not None and self.kind != expected:
-            raise ValueError(
-                f"{type(self).__name__} needs kind={expected!r}, got {self.kind!r}; use the "
-                f"config class registered for {self.kind!r}."
-            )
-        check_positive_int("d_model", self.d_model)
-        for name in ("hook_name", "model_name"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a str, got {getattr(self, name)!r}.")
-        if (
-            isinstance(self.norm_eps, bool)
-            or not isinstance(self.norm_eps, int | float)
-            or not math.isfinite(self.norm_eps)
-            or self.norm_eps <= 0
-        ):
-            raise ValueError(f"norm_eps must be a positive finite float, got {self.norm_eps!r}.")
-        if not isinstance(self.training, dict):
-            raise ValueError(f"training must be a dict, got {type(self.training).__name__}.")
-        try:
-            json.dumps(self.training)
-        except TypeError as exc:
-            raise ValueError(f"training must be JSON-serialisable: {exc}") from exc
-        check_positive_int("format_version", self.format_version)
-        if self.format_version > FORMAT_VERSION:
-            raise ValueError(
-                f"format_version {self.format_version} is newer than this library supports "
-                f"({FORMAT_VERSION}); upgrade tl_diffusion_prior to load this baseline."
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BaselineConfig:
-        """Build the config class that ``data["kind"]`` names; unknown keys are an error."""
-        if not isinstance(data, dict):
-            raise TypeError(f"data must be a dict, got {type(data).__name__}.")
-        kind = data.get("kind")
-        if kind not in BASELINE_REGISTRY:
-            raise ValueError(
-                f"Unknown baseline kind {kind!r}; registered: {sorted(BASELINE_REGISTRY)}. "
-                "Import tl_diffusion_prior.evaluate.baselines to register the built-in ones."
-            )
-        target = BASELINE_REGISTRY[kind].config_class
-        return build_config(target, data)
 
 
 def register_baseline(kind: str):
     """Class decorator registering a :class:`Baseline` subclass under ``kind``."""
-
-    def decorator(cls: type[Baseline]) -> type[Baseline]:
-        if kind in BASELINE_REGISTRY and BASELINE_REGISTRY[kind] is not cls:
-            raise ValueError(f"Baseline kind {kind!r} is already registered.")
-        if cls.config_class.expected_kind != kind:
-            raise ValueError(
-                f"{cls.__qualname__}.config_class.expected_kind is "
-                f"{cls.config_class.expected_kind!r}, but it is registered as {kind!r}."
-            )
-        BASELINE_REGISTRY[kind] = cls
-        return cls
-
-    return decorator
+    return BASELINE_REGISTRY.register(kind)
 
 
-class Baseline(nn.Module):
+class Baseline(PretrainedModule):
     """A fitted baseline over one hook's activations, with its own normaliser.
 
     Subclasses register their tensors as parameters or buffers so that ``state_dict`` holds
-    everything; ``save_pretrained``/``from_pretrained`` then need nothing design-specific.
+    everything; ``save_pretrained``/``from_pretrained`` (from
+    :class:`~tl_diffusion_prior.core.pretrained.PretrainedModule`) then need nothing
+    design-specific. ``from_pretrained`` on ``Baseline`` loads any kind.
     """
 
     config_class: ClassVar[type[BaselineConfig]] = BaselineConfig
-
-    def __init__(self, config: BaselineConfig) -> None:
-        super().__init__()
-        if not isinstance(config, self.config_class):
-            raise TypeError(
-                f"{type(self).__name__} needs a {self.config_class.__name__}, got "
-                f"{type(config).__name__}."
-            )
-        self.config = config
-        self.normalizer = Normalizer(config.d_model, eps=config.norm_eps)
+    config: BaselineConfig
 
     @property
     def device(self) -> torch.device:
@@ -166,41 +95,6 @@ class Baseline(nn.Module):
                 f"this {type(self).__name__} was fitted on {self.config.hook_name or 'another'} "
                 "hook's activations."
             )
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (tensors incl. normaliser) atomically."""
-        tensors = {k: v.detach() for k, v in self.state_dict().items()}
-        meta = {"kind": self.config.kind, "format_version": str(FORMAT_VERSION)}
-        with atomic_directory(directory) as tmp:
-            atomic_write_json(tmp / CONFIG_NAME, self.config.to_dict())
-            atomic_save_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta)
-
-    @classmethod
-    def from_pretrained(
-        cls, directory: str | os.PathLike, device: str | torch.device | None = None
-    ) -> Baseline:
-        """Load a baseline written by :meth:`save_pretrained` (on ``Baseline``: any kind)."""
-        directory = Path(directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise FileNotFoundError(
-                f"No {CONFIG_NAME} in {directory!s}; pass a directory written by save_pretrained."
-            )
-        config = BaselineConfig.from_dict(read_json(config_path))
-        target = BASELINE_REGISTRY[config.kind]
-        if cls is not Baseline and not issubclass(target, cls):
-            raise ValueError(
-                f"{directory!s} holds a {config.kind!r} baseline, not a {cls.__name__}; load it "
-                "with tl_diffusion_prior.evaluate.baselines.base.load_baseline."
-            )
-        baseline = target(config)
-        load_state_dict_checked(
-            baseline,
-            directory / WEIGHTS_NAME,
-            f"the {config.kind!r} baseline {CONFIG_NAME} describes",
-        )
-        baseline.eval()
-        return baseline.to(device) if device is not None else baseline
 
 
 def load_baseline(

@@ -18,7 +18,6 @@ install and in CI.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.core.config import ConfigBase
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.evaluate.baselines.base import activation_rows
@@ -39,7 +39,7 @@ BACKENDS = ("native", "sae_lens")
 
 
 @dataclass
-class SAETrainConfig:
+class SAETrainConfig(ConfigBase):
     """How to train a :class:`TopKSAE`.
 
     Attributes:
@@ -93,9 +93,6 @@ class SAETrainConfig:
             )
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def lr_factor(step: int, config: SAETrainConfig) -> float:
