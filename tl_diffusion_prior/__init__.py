@@ -1,14 +1,30 @@
-"""Diffusion priors over TransformerLens activations: capture, train, steer, evaluate."""
+"""Diffusion priors over TransformerLens activations: capture, train, steer, evaluate.
 
-from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
-from tl_diffusion_prior.data.corpus import load_corpus, out_of_domain_texts
-from tl_diffusion_prior.data.models import load_default_model, load_model
-from tl_diffusion_prior.data.sources import (
+The stages are subpackages, each importing only those before it: ``core`` (building blocks),
+``data`` (text and the source model), ``capture`` (hook points into a ring buffer), ``priors``,
+``training``, ``steering``, ``evaluate``; ``recipes`` holds what the demo, tutorials and benchmarks
+share, and ``cli`` the command line. The names below are the public API.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from tl_diffusion_prior.capture import (
+    ActivationCapture,
+    ActivationRingBuffer,
+    CaptureConfig,
+    fill_buffer,
+)
+from tl_diffusion_prior.data import (
+    TextTokenSource,
     corpus_token_source,
     hf_dataset_token_source,
+    load_corpus,
+    load_default_model,
+    load_model,
+    out_of_domain_texts,
     text_file_token_source,
 )
+from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.priors import (
     DiffusionPrior,
     MLPPrior,
@@ -17,19 +33,30 @@ from tl_diffusion_prior.priors import (
     UNetPriorConfig,
     load_prior,
 )
-from tl_diffusion_prior.steering.steer import attach_steering, steer
-from tl_diffusion_prior.steering.vector import mean_activation_norm, steering_vector
-from tl_diffusion_prior.training.trainer import TrainConfig, TrainResult, train_prior
+from tl_diffusion_prior.steering import (
+    SteeringConfig,
+    attach_steering,
+    mean_activation_norm,
+    steer,
+    steering_vector,
+)
+from tl_diffusion_prior.training import TrainConfig, TrainResult, train_prior
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("tl-diffusion-prior")
+except PackageNotFoundError:  # imported from a source tree that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ActivationCapture",
     "ActivationRingBuffer",
     "CaptureConfig",
     "DiffusionPrior",
+    "EvalSettings",
     "MLPPrior",
     "MLPPriorConfig",
+    "SteeringConfig",
+    "TextTokenSource",
     "TrainConfig",
     "TrainResult",
     "UNetPrior",
