@@ -221,7 +221,7 @@ class TrainingRun:
         monitor.add(step, loss, grad_norm)
         return lr
 
-    def _log_and_validate(self, monitor: LossMonitor, bar, lr: float, final: bool) -> None:
+    def _log_and_validate(self, monitor: LossMonitor, bar: tqdm, lr: float, final: bool) -> None:
         """Append this step's history row when it is a log or validation step (or the last)."""
         config, done = self.config, self.done
         elapsed = self.elapsed_s()
