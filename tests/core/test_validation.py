@@ -1,10 +1,9 @@
 import math
-from dataclasses import dataclass
 
 import pytest
 
 from tl_diffusion_prior.core.validation import (
-    build_config,
+    ArgumentTypeError,
     check_choice,
     check_float,
     check_int,
@@ -84,11 +83,21 @@ def test_check_choice():
         check_choice("mode", ["a"], {"a", "b"})
 
 
-def test_build_config_refuses_unknown_keys():
-    @dataclass
-    class Config:
-        a: int = 1
-
-    assert build_config(Config, {"a": 2}) == Config(a=2)
-    with pytest.raises(ValueError, match=r"Unknown keys \['b'\] for Config"):
-        build_config(Config, {"a": 2, "b": 3})
+def test_a_wrong_type_is_a_type_error_and_a_value_error():
+    for check, value in [
+        (check_int, 1.5),
+        (check_int, True),
+        (check_float, "1"),
+        (check_float, None),
+    ]:
+        with pytest.raises(ArgumentTypeError) as info:
+            check("n", value)
+        assert isinstance(info.value, TypeError) and isinstance(info.value, ValueError)
+    # Out of range is a plain ValueError.
+    for check, value, minimum in [(check_int, -1, 0), (check_float, -1.0, 0.0)]:
+        with pytest.raises(ValueError) as info:
+            check("n", value, minimum=minimum)
+        assert not isinstance(info.value, TypeError)
+    with pytest.raises(ValueError) as info:
+        check_float("n", math.inf)
+    assert not isinstance(info.value, TypeError)

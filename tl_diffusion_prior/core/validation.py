@@ -7,18 +7,23 @@ a number is expected, although Python counts it as an ``int``: ``steps=True`` is
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Collection
 from typing import Any, TypeVar
 
-ConfigT = TypeVar("ConfigT")
 ChoiceT = TypeVar("ChoiceT")
 
 
-def _fail(name: str, expected: str, value: Any, hint: str | None) -> ValueError:
+class ArgumentTypeError(TypeError, ValueError):
+    """An argument of the wrong type. Both a ``TypeError`` (what it is) and a ``ValueError`` (what
+    the validators raised before they told the two apart), so either ``except`` catches it."""
+
+
+def _fail(
+    name: str, expected: str, value: Any, hint: str | None, error: type[ValueError] = ValueError
+) -> ValueError:
     message = f"{name} must be {expected}, got {value!r}."
-    return ValueError(f"{message} {hint}" if hint else message)
+    return error(f"{message} {hint}" if hint else message)
 
 
 def check_int(
@@ -29,10 +34,11 @@ def check_int(
     *,
     hint: str | None = None,
 ) -> int:
-    """Return ``value`` if it is an int (not a bool) in ``[minimum, maximum]``, else raise."""
+    """Return ``value`` if it is an int (not a bool) in ``[minimum, maximum]``, else raise
+    (:class:`ArgumentTypeError` for another type, ``ValueError`` out of range)."""
+    wrong_type = isinstance(value, bool) or not isinstance(value, int)
     if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
+        wrong_type
         or (minimum is not None and value < minimum)
         or (maximum is not None and value > maximum)
     ):
@@ -44,7 +50,7 @@ def check_int(
             expected = f"an int <= {maximum}"
         else:
             expected = "an int"
-        raise _fail(name, expected, value, hint)
+        raise _fail(name, expected, value, hint, ArgumentTypeError if wrong_type else ValueError)
     return value
 
 
@@ -68,7 +74,9 @@ def check_float(
     Ints are accepted (JSON writes ``1.0`` as ``1``); ``min_open``/``max_open`` exclude the bound
     itself, e.g. ``minimum=0.0, min_open=True`` for a strictly positive value.
     """
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _fail(name, "a finite number", value, hint, ArgumentTypeError)
+    if not math.isfinite(value):
         raise _fail(name, "a finite number", value, hint)
     if minimum is not None and (value < minimum or (min_open and value == minimum)):
         raise _fail(name, f"{'>' if min_open else '>='} {minimum}", value, hint)
@@ -85,15 +93,3 @@ def check_choice(
     if value not in options:
         raise _fail(name, f"one of {options}", value, hint)
     return value
-
-
-def build_config(target: type[ConfigT], data: dict[str, Any]) -> ConfigT:
-    """``target(**data)``, refusing keys ``target`` does not declare with a clear message."""
-    known = {f.name for f in dataclasses.fields(target) if f.init}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"Unknown keys {unknown} for {target.__name__}; expected a subset of "
-            f"{sorted(known)}. The file may come from another version of the library."
-        )
-    return target(**data)

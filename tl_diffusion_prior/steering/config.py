@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 from tl_diffusion_prior.core.config import ConfigBase
+from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering.noise import check_seed
 from tl_diffusion_prior.steering.positions import POSITIONS
@@ -45,35 +45,17 @@ class SteeringConfig(ConfigBase):
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.scale, bool) or not isinstance(self.scale, int | float):
-            raise TypeError(f"scale must be a float, got {type(self.scale).__name__}.")
-        if not math.isfinite(self.scale):
-            raise ValueError(f"scale must be finite, got {self.scale}.")
-        self.scale = float(self.scale)
-        if self.scale_mode not in SCALE_MODES:
-            raise ValueError(
-                f"scale_mode must be 'absolute' or 'relative', got {self.scale_mode!r}."
-            )
+        self.scale = check_float("scale", self.scale)
+        check_choice("scale_mode", self.scale_mode, SCALE_MODES)
         if self.reference_norm is not None:
-            value = self.reference_norm
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise TypeError(f"reference_norm must be a float, got {type(value).__name__}.")
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"reference_norm must be positive and finite, got {value}.")
-            self.reference_norm = float(value)
-        if isinstance(self.t_start, bool) or not isinstance(self.t_start, int | float):
-            raise TypeError(f"t_start must be a float, got {type(self.t_start).__name__}.")
-        if not 0.0 < self.t_start <= 1.0:
-            raise ValueError(
-                f"t_start must be in (0, 1] (0 = clean, 1 = pure noise), got {self.t_start}."
+            self.reference_norm = check_float(
+                "reference_norm", self.reference_norm, minimum=0.0, min_open=True
             )
-        self.t_start = float(self.t_start)
-        if isinstance(self.num_steps, bool) or not isinstance(self.num_steps, int):
-            raise TypeError(f"num_steps must be an int, got {type(self.num_steps).__name__}.")
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}.")
-        if self.positions not in POSITIONS:
-            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}.")
+        self.t_start = check_float(
+            "t_start", self.t_start, 0.0, 1.0, min_open=True, hint="(0 = clean, 1 = pure noise)"
+        )
+        check_int("num_steps", self.num_steps, minimum=1)
+        check_choice("positions", self.positions, POSITIONS)
         if self.seed is not None:
             check_seed(self.seed)
 

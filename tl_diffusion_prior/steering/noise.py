@@ -21,6 +21,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from tl_diffusion_prior.core.validation import check_int, check_positive_int
+
 _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9
 #: Distinct constants so the two uniforms of a Box-Muller pair come from independent streams.
@@ -39,11 +41,7 @@ def _fmix32(x: Tensor) -> Tensor:
 
 def check_seed(seed: object) -> int:
     """``seed`` as an int in [0, 2**63), or a ValueError/TypeError saying what is wrong."""
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int (or None), got {type(seed).__name__}.")
-    if not 0 <= seed <= MAX_SEED:
-        raise ValueError(f"seed must be in [0, 2**63), got {seed}.")
-    return seed
+    return check_int("seed", seed, 0, MAX_SEED, hint="Pass an int in [0, 2**63), or None.")
 
 
 class PositionNoise:
@@ -60,9 +58,7 @@ class PositionNoise:
 
     def __init__(self, seed: int, d_model: int, device: torch.device | str = "cpu") -> None:
         self.seed = check_seed(seed)
-        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
-            raise ValueError(f"d_model must be a positive int, got {d_model!r}.")
-        self.d_model = d_model
+        self.d_model = check_positive_int("d_model", d_model)
         self.device = torch.device(device)
         pairs = torch.arange((d_model + 1) // 2, dtype=torch.int64, device=self.device)
         seed_lo = torch.tensor(seed & _MASK32, dtype=torch.int64, device=self.device)

@@ -26,6 +26,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 
 from tl_diffusion_prior.capture.hook_names import layer_of, stop_at_layer, validate_hook_names
+from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.steering.positions import steering_suspended
 
 Prompts = str | Sequence[str] | Tensor | Sequence[Tensor]
@@ -91,8 +92,7 @@ def _read_positions(
 ) -> list[Float[Tensor, "n d_model"]]:
     """Per prompt, the float32 activations at the positions read (see module docstring)."""
     validate_hook_names(model, hook_name)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
+    check_positive_int("batch_size", batch_size)
     device = next(model.parameters()).device
     captured: dict[str, Tensor] = {}
 
