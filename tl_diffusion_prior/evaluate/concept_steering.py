@@ -20,7 +20,8 @@ steering_curves`, with bootstrap intervals over the (concept, prompt) items.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 from transformer_lens import HookedTransformer
@@ -133,6 +134,41 @@ def concept_steering_curves(
         max_new_tokens: Tokens generated per continuation.
         t_start / num_steps / seed: The priors' denoising settings (see ``steer``).
     """
+    _check_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
+    run = _ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
+    steer_options = dict(
+        t_start=t_start,
+        num_steps=num_steps,
+        seed=seed,
+        scale_mode="relative",
+        reference_norm=reference_norm,
+    )
+
+    def method_generator(prior: DiffusionPrior | None):
+        return lambda scale: run.items_at(scale, prior, steer_options)
+
+    generators = {PLAIN: method_generator(None)}
+    generators.update({name: method_generator(prior) for name, prior in priors.items()})
+    return steering_curves(
+        generators,
+        scales,
+        concept_scorer=lambda items: [lift for lift, _ in items],
+        fluency_scorer=lambda items: [nll for _, nll in items],
+        fluency_higher_is_better=False,
+        n_resamples=n_resamples,
+        seed=seed,
+    )
+
+
+def _check_arguments(
+    model: HookedTransformer,
+    hook_name: str,
+    priors: Mapping[str, DiffusionPrior],
+    scales: Sequence[float],
+    reference_norm: float,
+    concepts: Sequence[SteeringConcept],
+    prompts: Sequence[str],
+) -> None:
     if not concepts or not prompts:
         raise ValueError("concept_steering_curves needs at least one concept and one prompt.")
     if not scales:
@@ -146,71 +182,107 @@ def concept_steering_curves(
             hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
         )
 
-    prompt_tokens = model.to_tokens(list(prompts), padding_side="left")
-    attention_mask = get_attention_mask(
-        model.tokenizer, prompt_tokens, model.cfg.default_prepend_bos, padding_side="left"
-    )
-    eos = model.tokenizer.eos_token_id
-    vectors = {c.name: steering_vector(model, hook_name, c.positive, c.negative) for c in concepts}
-    concept_ids = {c.name: concept_token_ids(model, c.words) for c in concepts}
 
-    def generate() -> Tensor:
-        out = model.generate(
-            list(prompts),
+@dataclass
+class _ConceptRun:
+    """What every method's generations share: the prompts, each concept's steering vector and
+    word ids, and the unsteered continuation's concept score (the zero of the lift).
+
+    Attributes:
+        model / hook_name: The steered model and hook.
+        concepts / prompts / max_new_tokens: As in :func:`concept_steering_curves`.
+        prompt_tokens: ``[prompt, pos]`` left-padded prompt tokens.
+        attention_mask: Their attention mask (0 on the padding).
+        eos: The tokenizer's EOS id (scores stop there), or None.
+        vectors: Concept name -> raw-space steering vector.
+        concept_ids: Concept name -> token ids of its words.
+        baseline: Concept name -> concept log-probability of the unsteered continuations.
+    """
+
+    model: HookedTransformer
+    hook_name: str
+    concepts: Sequence[SteeringConcept]
+    prompts: Sequence[str]
+    max_new_tokens: int
+    prompt_tokens: Tensor
+    attention_mask: Tensor
+    eos: int | None
+    vectors: dict[str, Tensor]
+    concept_ids: dict[str, list[int]]
+    baseline: dict[str, Tensor] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(
+        cls,
+        model: HookedTransformer,
+        hook_name: str,
+        concepts: Sequence[SteeringConcept],
+        prompts: Sequence[str],
+        max_new_tokens: int,
+    ) -> _ConceptRun:
+        prompt_tokens = model.to_tokens(list(prompts), padding_side="left")
+        run = cls(
+            model=model,
+            hook_name=hook_name,
+            concepts=concepts,
+            prompts=prompts,
             max_new_tokens=max_new_tokens,
+            prompt_tokens=prompt_tokens,
+            attention_mask=get_attention_mask(
+                model.tokenizer, prompt_tokens, model.cfg.default_prepend_bos, padding_side="left"
+            ),
+            eos=model.tokenizer.eos_token_id,
+            vectors={
+                c.name: steering_vector(model, hook_name, c.positive, c.negative) for c in concepts
+            },
+            concept_ids={c.name: concept_token_ids(model, c.words) for c in concepts},
+        )
+        unsteered = run.generate()
+        run.baseline = {c.name: run.scores(unsteered, c)[0] for c in concepts}
+        return run
+
+    def generate(self) -> Tensor:
+        """Greedy continuations of every prompt (the prompt tokens cut off)."""
+        out = self.model.generate(
+            list(self.prompts),
+            max_new_tokens=self.max_new_tokens,
             do_sample=False,
             verbose=False,
             padding_side="left",
             return_type="tokens",
         )
-        return out[:, prompt_tokens.shape[1] :]
+        return out[:, self.prompt_tokens.shape[1] :]
 
-    def scores(continuation: Tensor, concept: SteeringConcept) -> tuple[Tensor, Tensor]:
+    def scores(self, continuation: Tensor, concept: SteeringConcept) -> tuple[Tensor, Tensor]:
+        """Per prompt: the continuation's concept log-probability and its NLL."""
         result = score_continuations(
-            model,
-            prompt_tokens,
+            self.model,
+            self.prompt_tokens,
             continuation,
-            concept_ids=concept_ids[concept.name],
-            prompt_attention_mask=attention_mask,
-            continuation_mask=mask_after_eos(continuation, eos) if eos is not None else None,
+            concept_ids=self.concept_ids[concept.name],
+            prompt_attention_mask=self.attention_mask,
+            continuation_mask=(
+                mask_after_eos(continuation, self.eos) if self.eos is not None else None
+            ),
         )
         return result.concept_logprob.cpu(), result.nll.cpu()
 
-    unsteered = generate()
-    baseline = {c.name: scores(unsteered, c)[0] for c in concepts}
-
-    def method_generator(prior: DiffusionPrior | None):
-        def generate_at(scale: float) -> list[tuple[float, float]]:
-            items = []
-            for concept in concepts:
-                with steer(
-                    model,
-                    hook_name,
-                    vectors[concept.name],
-                    scale,
-                    prior,
-                    t_start=t_start,
-                    num_steps=num_steps,
-                    seed=seed,
-                    scale_mode="relative",
-                    reference_norm=reference_norm,
-                ):
-                    continuation = generate()
-                concept_score, nll = scores(continuation, concept)
-                lift = concept_score - baseline[concept.name]
-                items += list(zip(lift.tolist(), nll.tolist(), strict=True))
-            return items
-
-        return generate_at
-
-    generators = {PLAIN: method_generator(None)}
-    generators.update({name: method_generator(prior) for name, prior in priors.items()})
-    return steering_curves(
-        generators,
-        scales,
-        concept_scorer=lambda items: [lift for lift, _ in items],
-        fluency_scorer=lambda items: [nll for _, nll in items],
-        fluency_higher_is_better=False,
-        n_resamples=n_resamples,
-        seed=seed,
-    )
+    def items_at(
+        self, scale: float, prior: DiffusionPrior | None, steer_options: dict[str, Any]
+    ) -> list[tuple[float, float]]:
+        """``(concept lift, NLL)`` per (concept, prompt), steering at ``scale`` with ``prior``."""
+        items = []
+        for concept in self.concepts:
+            with steer(
+                self.model,
+                self.hook_name,
+                self.vectors[concept.name],
+                scale,
+                prior,
+                **steer_options,
+            ):
+                continuation = self.generate()
+            concept_score, nll = self.scores(continuation, concept)
+            lift = concept_score - self.baseline[concept.name]
+            items += list(zip(lift.tolist(), nll.tolist(), strict=True))
+        return items

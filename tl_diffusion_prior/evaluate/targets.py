@@ -113,14 +113,40 @@ def benchmark_targets(
     headline_noise_std: float = 1.0,
     headline_t: float = 0.5,
 ) -> dict:
-    """The (a), (b), (c) ratios of the module docstring."""
+    """The (a), (b), (c) ratios of the module docstring.
+
+    Args:
+        results: Every fidelity result of the run.
+        frechet: The run's Frechet section (``floor``, ``results``, ``n_heldout``, ``d_model``).
+        prior_methods: Method names that count as priors (with the one-step variants).
+        multi_step_prior_methods: The priors' multi-step names (target (b)).
+        heldout / ood: The in-domain and out-of-domain data set names (``ood`` may be None).
+        headline_noise_std / headline_t: The settings targets (a) and (b) are read at.
+    """
     baseline_names = sorted(
         {r.method for r in results if r.method.startswith(("PCA", "SAE", "Gaussian"))}
     )
-    sae_names = [n for n in baseline_names if n.startswith("SAE")]
     noise = f"noise std={headline_noise_std:g}"
-    out: dict = {}
+    out = _restoration_targets(results, prior_methods, baseline_names, heldout, ood, noise)
+    out.update(
+        _reconstruction_targets(
+            results, multi_step_prior_methods, baseline_names, heldout, headline_t
+        )
+    )
+    out["c_frechet"] = _frechet_targets(frechet or {}, prior_methods)
+    return out
 
+
+def _restoration_targets(
+    results: Sequence[FidelityResult],
+    prior_methods: Sequence[str],
+    baseline_names: Sequence[str],
+    heldout: str,
+    ood: str | None,
+    noise: str,
+) -> dict:
+    """(a): best prior vs best baseline on ``heldout``; on ``ood`` also vs the noise left alone."""
+    out = {}
     best_prior = _best(results, heldout, noise, prior_methods)
     best_baseline = _best(results, heldout, noise, baseline_names)
     out["a_restoration_heldout"] = _ratio(best_prior, best_baseline, TARGET_RESTORATION_RATIO)
@@ -135,7 +161,19 @@ def benchmark_targets(
             _best(results, ood, noise, baseline_names),
             None,
         )
+    return out
 
+
+def _reconstruction_targets(
+    results: Sequence[FidelityResult],
+    multi_step_prior_methods: Sequence[str],
+    baseline_names: Sequence[str],
+    heldout: str,
+    headline_t: float,
+) -> dict:
+    """(b): the best prior at ``headline_t`` vs the best SAE, and each prior's distortion curve
+    against PCA's, each SAE's and the Gaussian posterior's."""
+    sae_names = [n for n in baseline_names if n.startswith("SAE")]
     at_t = [
         r
         for r in results
@@ -146,37 +184,53 @@ def benchmark_targets(
     ]
     prior_at_t = min(at_t, key=lambda r: r.delta_lm.mean) if at_t else None
     best_sae = _best(results, heldout, "reconstruct", sae_names)
-    out["b_reconstruction_vs_sae"] = _ratio(prior_at_t, best_sae, TARGET_RECONSTRUCTION_RATIO)
-
+    out: dict = {
+        "b_reconstruction_vs_sae": _ratio(prior_at_t, best_sae, TARGET_RECONSTRUCTION_RATIO)
+    }
     equal = {}
     for prior_name in multi_step_prior_methods:
         prior_curve = curve(results, heldout, "reconstruct", prior_name)
         if not prior_curve:
             continue
-        entry = {}
         anchor = next((r for r in at_t if r.method == prior_name), None)
+        entry = {}
         for ref in ["PCA", *sae_names, "Gaussian posterior mean"]:
-            ref_curve = curve(results, heldout, "reconstruct", ref)
-            if not ref_curve:
-                continue
-            comparison = compare_curves(prior_curve, ref_curve)
-            if anchor is not None:
-                comparison["at_prior_t"] = {
-                    "distortion": anchor.rel_error_raw,
-                    "prior": anchor.delta_lm.mean,
-                    "reference": interpolate_at(ref_curve, anchor.rel_error_raw),
-                }
-            comparison["below"] = (
-                None
-                if comparison["fraction_below"] is None
-                else comparison["fraction_below"] == 1.0
-            )
-            entry[ref] = comparison
+            comparison = _equal_distortion(results, heldout, prior_curve, ref, anchor)
+            if comparison is not None:
+                entry[ref] = comparison
         equal[prior_name] = entry
     out["b_equal_distortion"] = equal
+    return out
 
+
+def _equal_distortion(
+    results: Sequence[FidelityResult],
+    heldout: str,
+    prior_curve: list[tuple[float, float]],
+    ref: str,
+    anchor: FidelityResult | None,
+) -> dict | None:
+    """The prior's curve against ``ref``'s (None when ``ref`` has none), with both read at the
+    prior's headline-t distortion ``anchor``."""
+    ref_curve = curve(results, heldout, "reconstruct", ref)
+    if not ref_curve:
+        return None
+    comparison = compare_curves(prior_curve, ref_curve)
+    if anchor is not None:
+        comparison["at_prior_t"] = {
+            "distortion": anchor.rel_error_raw,
+            "prior": anchor.delta_lm.mean,
+            "reference": interpolate_at(ref_curve, anchor.rel_error_raw),
+        }
+    comparison["below"] = (
+        None if comparison["fraction_below"] is None else comparison["fraction_below"] == 1.0
+    )
+    return comparison
+
+
+def _frechet_targets(frechet: dict, prior_methods: Sequence[str]) -> dict:
+    """(c): each prior's normalised FD over the floor, flagged unreliable with too few samples."""
     fd = {}
-    frechet = frechet or {}
     d_model = frechet.get("d_model")
     n_min = min(frechet.get("floor", {}).get("n", 0), frechet.get("n_heldout", 0))
     # With fewer than ~20 samples per dimension the covariance estimates are so noisy that the
@@ -194,5 +248,4 @@ def benchmark_targets(
                 "reliable": reliable,
                 "n_samples": n_min,
             }
-    out["c_frechet"] = fd
-    return out
+    return fd
