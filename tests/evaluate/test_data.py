@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from tl_diffusion_prior.data.corpus import Document
-from tl_diffusion_prior.evaluate.data import document_text, packed_windows, texts_of
+from tl_diffusion_prior.evaluate.data import (
+    document_text,
+    held_out_windows,
+    packed_windows,
+    texts_of,
+)
+from tl_diffusion_prior.evaluate.settings import EvalSettings
 
 
 class CharTokenizer:
@@ -37,3 +43,15 @@ def test_packed_windows_follow_the_trainers_packing():
     assert again.tokens.equal(token_set.tokens)
     with pytest.raises(ValueError, match="too little text"):
         packed_windows(FakeModel(), ["ab"], "tiny", seq_len=8, max_windows=2)
+
+
+def test_held_out_windows_follow_the_settings():
+    texts = ["abcdefghij" * 3, "klmnop" * 4, "qrstuv" * 5]
+    ood = ["zyxwvu" * 6, "tsrqpo" * 5]
+    settings = EvalSettings(seq_len=8, max_sequences=3, seed=1)
+    heldout, pydoc = held_out_windows(FakeModel(), settings, heldout=texts, ood=ood)
+    assert (heldout.name, pydoc.name) == ("heldout", "pydoc")
+    assert heldout.tokens.equal(
+        packed_windows(FakeModel(), texts, "heldout", seq_len=8, max_windows=3, seed=1).tokens
+    )
+    assert pydoc.tokens.shape == (3, 8)
