@@ -31,8 +31,7 @@ class EvalReport:
         results: One :class:`~tl_diffusion_prior.evaluate.fidelity.FidelityResult` per
             (data set, condition, method, setting), in the order they were measured.
         frechet: The Frechet-distance section (floor, one row per candidate, sample sizes).
-        targets: The benchmark ratios of :func:`~tl_diffusion_prior.evaluate.targets.
-            benchmark_targets`.
+        targets: The benchmark ratios (``evaluate.targets.benchmark_targets``).
         best_settings: Per ``dataset | condition | method``: the setting with the lowest delta LM.
         loss_histories: Display name -> loss columns of each prior's and SAE's training.
         steering: The concept-vs-fluency steering curves; None when not run.
