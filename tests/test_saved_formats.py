@@ -32,7 +32,7 @@ def test_priors_saved_before_the_layout_change_load_unchanged(architecture, prio
     prior = load_prior(FIXTURES / f"{architecture}_prior")
     assert type(prior) is prior_cls
     assert prior.config.hook_name == "blocks.0.hook_resid_post"
-    assert prior.config.training["steps"] == 10
+    assert prior.training_record["steps"] == 10
     out = prior.denoise(
         expected["x"], t_start=0.5, num_steps=4, noise=expected[f"{architecture}_noise"]
     )

@@ -5,6 +5,8 @@ FORMAT_VERSION = 1
 # A saved prior or baseline (save_pretrained / from_pretrained).
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# What training or fitting produced (steps, losses, dates, data), beside the weights.
+TRAINING_RECORD_NAME = "training.json"
 # A saved ring buffer.
 BUFFER_NAME = "buffer.safetensors"
 # A training checkpoint folder (checkpoint_dir/step_NNNNNNNN/).

@@ -9,7 +9,12 @@ from tl_diffusion_prior.cli.train import (
     build_train_config,
     run_train,
 )
-from tl_diffusion_prior.constants import CONFIG_NAME, LOSS_CSV_NAME, LOSS_PNG_NAME
+from tl_diffusion_prior.constants import (
+    CONFIG_NAME,
+    LOSS_CSV_NAME,
+    LOSS_PNG_NAME,
+    TRAINING_RECORD_NAME,
+)
 from tl_diffusion_prior.priors import PRIOR_REGISTRY, load_prior
 from tl_diffusion_prior.recipes import PRIOR_PRESETS, TRAIN_PRESETS
 
@@ -75,11 +80,11 @@ def test_train_command_end_to_end(tmp_path):
     assert run_train(parse(*argv)) == 0
     assert {CONFIG_NAME, LOSS_CSV_NAME, LOSS_PNG_NAME} <= {p.name for p in out.iterdir()}
     prior = load_prior(out)
-    training = json.loads((out / CONFIG_NAME).read_text())["training"]
+    training = json.loads((out / TRAINING_RECORD_NAME).read_text())
     assert training["steps"] == 6 and training["hook"] == prior.config.hook_name
     assert training["corpus_split"] == "train" and training["final_val_loss"] > 0
     # Resuming a finished run does no more steps and reports the same result.
     assert run_train(parse(*argv, "--resume")) == 0
-    assert json.loads((out / CONFIG_NAME).read_text())["training"]["stopped_reason"] == (
+    assert json.loads((out / TRAINING_RECORD_NAME).read_text())["stopped_reason"] == (
         "already_complete"
     )

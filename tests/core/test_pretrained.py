@@ -9,7 +9,12 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from tl_diffusion_prior.constants import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    TRAINING_RECORD_NAME,
+    WEIGHTS_NAME,
+)
 from tl_diffusion_prior.core.pretrained import (
     PretrainedConfig,
     PretrainedModule,
@@ -139,8 +144,6 @@ def test_config_validation():
         LinearToyConfig(d_model=4, norm_eps=0.0)
     with pytest.raises(ValueError, match="hook_name must be a str"):
         LinearToyConfig(d_model=4, hook_name=None)
-    with pytest.raises(ValueError, match="JSON-serialisable"):
-        LinearToyConfig(d_model=4, training={"when": object()})
     with pytest.raises(ValueError, match="newer"):
         LinearToyConfig(d_model=4, format_version=FORMAT_VERSION + 1)
     assert LinearToyConfig(d_model=4).hook_name == ""  # provenance is optional here
@@ -154,6 +157,28 @@ def test_config_validation():
     assert StrictToyConfig(d_model=4, hook_name="h", model_name="m").model_name == "m"
 
 
+def test_the_training_record_must_be_json_and_is_copied():
+    toy = linear_toy()
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        toy.record_training({"when": object()})
+    with pytest.raises(TypeError, match="record"):
+        toy.record_training([("rows", 1)])
+    record = {"rows": [1, 2]}
+    toy.record_training(record)
+    record["rows"].append(3)
+    assert toy.training_record == {"rows": [1, 2]}
+
+
+def test_a_record_kept_in_an_old_config_loads_as_the_training_record(tmp_path):
+    toy = linear_toy()
+    toy.save_pretrained(tmp_path / "toy")
+    config = json.loads((tmp_path / "toy" / CONFIG_NAME).read_text())
+    (tmp_path / "toy" / CONFIG_NAME).write_text(json.dumps({**config, "training": {"rows": 3}}))
+    loaded = Toy.from_pretrained(tmp_path / "toy")
+    assert loaded.training_record == {"rows": 3}
+    assert loaded.config == toy.config
+
+
 def test_module_needs_its_config_class():
     with pytest.raises(TypeError, match="LinearToy needs a LinearToyConfig, got BiasToyConfig"):
         LinearToy(BiasToyConfig(d_model=4))
@@ -161,18 +186,22 @@ def test_module_needs_its_config_class():
 
 # --------------------------------------------------------------------------- save / load
 def test_save_load_round_trip(tmp_path):
-    toy = linear_toy(hook_name="blocks.0.hook_resid_post", training={"rows": 7})
+    toy = linear_toy(hook_name="blocks.0.hook_resid_post")
+    toy.record_training({"rows": 7})
     toy.save_pretrained(tmp_path / "toy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]  # no temporary left behind
-    assert sorted(p.name for p in (tmp_path / "toy").iterdir()) == [CONFIG_NAME, WEIGHTS_NAME]
+    files = sorted(p.name for p in (tmp_path / "toy").iterdir())
+    assert files == [CONFIG_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME]
     saved = json.loads((tmp_path / "toy" / CONFIG_NAME).read_text())
-    assert saved == toy.config.to_dict() and saved["training"] == {"rows": 7}
+    assert saved == toy.config.to_dict() and "training" not in saved
+    assert json.loads((tmp_path / "toy" / TRAINING_RECORD_NAME).read_text()) == {"rows": 7}
     assert set(load_file(tmp_path / "toy" / WEIGHTS_NAME)) == set(toy.state_dict())
 
     for loader in (Toy, LinearToy):
         loaded = loader.from_pretrained(tmp_path / "toy")
         assert type(loaded) is LinearToy and not loaded.training
         assert loaded.config == toy.config
+        assert loaded.training_record == {"rows": 7}
         for key, value in toy.state_dict().items():
             torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 

@@ -31,10 +31,10 @@ def test_settings_from_json_data():
 def test_window_length_follows_the_priors_capture_context():
     prior = build_tiny_prior("mlp", d_model=64, hook_name=HOOK)
     assert EvalSettings().resolved_seq_len([prior]) == 128
-    prior.config.training = {"ctx": 96}
+    prior.record_training({"ctx": 96})
     assert EvalSettings().resolved_seq_len([prior]) == 96
     assert EvalSettings(seq_len=32).resolved_seq_len([prior]) == 32
     other = build_tiny_prior("mlp", d_model=64, hook_name=HOOK)
-    other.config.training = {"ctx": 64}
+    other.record_training({"ctx": 64})
     with pytest.raises(ValueError, match="different context lengths"):
         EvalSettings().resolved_seq_len([prior, other])

@@ -5,7 +5,12 @@ import json
 import pytest
 import torch
 
-from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from tl_diffusion_prior.constants import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    TRAINING_RECORD_NAME,
+    WEIGHTS_NAME,
+)
 from tl_diffusion_prior.core.serialization import atomic_write_json, read_json
 from tl_diffusion_prior.priors import (
     PRIOR_REGISTRY,
@@ -67,16 +72,19 @@ def test_config_round_trip_and_rejections(prior):
 
 
 def test_save_load_round_trip_gives_identical_outputs(prior, tmp_path):
-    prior.config.training["steps"] = 7
+    prior.record_training({"steps": 7})
     prior.save_pretrained(tmp_path / "p")
     assert (tmp_path / "p" / CONFIG_NAME).is_file()
     assert (tmp_path / "p" / WEIGHTS_NAME).is_file()
-    assert read_json(tmp_path / "p" / CONFIG_NAME)["training"] == {"steps": 7}
+    # The run record sits beside the config, which describes the constructor only.
+    assert read_json(tmp_path / "p" / TRAINING_RECORD_NAME) == {"steps": 7}
+    assert "training" not in read_json(tmp_path / "p" / CONFIG_NAME)
     loaded = type(prior).from_pretrained(tmp_path / "p")
     assert type(loaded) is type(prior)
     assert loaded.config.to_dict() == prior.config.to_dict()
     assert loaded.normalizer.is_fitted
     assert not loaded.training
+    assert loaded.training_record == {"steps": 7}
     for key, value in prior.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 
@@ -279,4 +287,4 @@ def test_config_validation_rejects_bad_values(prior):
         with pytest.raises(ValueError, match=key):
             PriorConfig.from_dict({**data, key: value})
     with pytest.raises(ValueError, match="JSON"):
-        type(prior.config)(**{**data, "training": {"when": object()}})
+        prior.record_training({"when": object()})

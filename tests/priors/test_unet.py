@@ -256,19 +256,22 @@ def test_spectral_layout_is_fitted_saved_and_loaded(tmp_path):
     )
 
 
-def test_fit_layout_on_an_identity_config_records_the_spectral_layout():
+def test_fit_layout_fits_the_configured_layout_and_leaves_the_config_alone():
     d = 22
     x = SyntheticManifold(d=d).sample(1000, generator=torch.Generator().manual_seed(1))
-    prior = tiny(d, layout="identity", gaussian_skip=False)
+    identity = tiny(d, layout="identity", gaussian_skip=False)
+    identity.set_normalization(x.mean(0), x.var(0))
+    identity.fit_data(x)  # identity layout and no skip: nothing to fit
+    assert torch.equal(identity.network.layout.cell_of_dim, torch.arange(d))
+    with pytest.raises(ValueError, match="layout='spectral'"):
+        identity.fit_layout(x)
+    prior = tiny(d, layout="spectral", layout_path="snake", gaussian_skip=False)
+    config = copy.deepcopy(prior.config)
     prior.set_normalization(x.mean(0), x.var(0))
-    prior.fit_data(x)  # identity layout and no skip: nothing to fit
-    assert torch.equal(prior.network.layout.cell_of_dim, torch.arange(d))
-    prior.fit_layout(x, path="snake")
-    assert (prior.config.layout, prior.config.layout_path) == ("spectral", "snake")
+    prior.fit_layout(x)
+    assert prior.config == config
     expected = layout_from_samples(prior.normalizer.normalize(x), 4, 6, "snake")
     assert torch.equal(prior.network.layout.cell_of_dim, expected)
-    with pytest.raises(ValueError, match="path"):
-        prior.fit_layout(x, path="zigzag")
 
 
 def test_low_precision_keeps_gaussian_statistics_in_float32():

@@ -30,9 +30,9 @@ def test_provenance_is_recorded_in_the_prior_config(tmp_path):
     prior = tiny_prior()
     provenance = {"corpus": "synthetic ring", "tokens": 1234}
     train_prior(prior, filled_buffer(), tiny_config(steps=4), provenance=provenance)
-    training = prior.config.training
+    training = prior.training_record
     assert training["corpus"] == "synthetic ring" and training["tokens"] == 1234
     assert training["samples_seen"] == 4 * 32 and training["stopped_reason"] == "completed"
     assert training["train_config"]["batch_size"] == 32 and "date" in training
     prior.save_pretrained(tmp_path)
-    assert load_prior(tmp_path).config.training == training
+    assert load_prior(tmp_path).training_record == training

@@ -70,7 +70,7 @@ def test_train_reports_val_loss_and_gaussian_reference():
     assert result.final_val_loss == val_rows[-1]["val_loss"]
     train_rows = [row for row in result.history if row.get("train_loss") is not None]
     assert [row["step"] for row in train_rows] == [2, 4, 6, 8, 10, 12]
-    training = prior.config.training
+    training = prior.training_record
     assert training["steps"] == 12 and training["final_val_loss"] == result.final_val_loss
     assert training["gaussian_reference_loss"] == result.gaussian_reference
     assert training["hook"] == "activation" and training["device"] == "cpu"
@@ -121,7 +121,7 @@ def test_ema_weights_differ_from_raw_and_are_what_is_returned_and_saved(tmp_path
     prior.save_pretrained(tmp_path / "prior")
     reloaded = load_prior(tmp_path / "prior")
     assert_same_tensors(reloaded.state_dict(), prior.state_dict())
-    assert reloaded.config.training["steps"] == 12
+    assert reloaded.training_record["steps"] == 12
 
 
 def test_without_ema_the_raw_weights_are_returned(tmp_path):

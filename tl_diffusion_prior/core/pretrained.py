@@ -6,7 +6,11 @@ directory holding
 
 * ``config.json``: the config's :meth:`~tl_diffusion_prior.core.config.ConfigBase.to_dict`, whose
   ``registry_key`` field (``"architecture"`` for priors, ``"kind"`` for baselines) names the class;
-* ``model.safetensors``: the whole state dict (weights, normaliser statistics, fitted buffers).
+* ``model.safetensors``: the whole state dict (weights, normaliser statistics, fitted buffers);
+* ``training.json`` (when there is one): the module's :attr:`~PretrainedModule.training_record`,
+  what training or fitting produced (steps, losses, dates, data). The config describes the
+  constructor only and is never changed after it; files written before this split kept the record
+  as the config's ``training`` key, which loading still reads.
 
 A family (priors, baselines) is three things built on this module: a :class:`Registry`, a base
 config (a :class:`PretrainedConfig` subclass that declares the registry-key field and points at the
@@ -20,14 +24,19 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
 
-from tl_diffusion_prior.constants import CONFIG_NAME, FORMAT_VERSION, WEIGHTS_NAME
+from tl_diffusion_prior.constants import (
+    CONFIG_NAME,
+    FORMAT_VERSION,
+    TRAINING_RECORD_NAME,
+    WEIGHTS_NAME,
+)
 from tl_diffusion_prior.core.config import ConfigBase, check_format_version
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.core.serialization import (
@@ -134,8 +143,6 @@ class PretrainedConfig(ConfigBase):
             ``"blocks.15.hook_resid_post"``.
         model_name: Name of the source model, e.g. ``"SmolLM2-135M-Instruct"``.
         norm_eps: Epsilon of the normaliser, ``std = sqrt(var + norm_eps)``.
-        training: Provenance written by the training or fitting code (steps, rows, losses, ...).
-            Must be JSON-serialisable.
         format_version: On-disk format version; files from a newer version are rejected.
     """
 
@@ -147,7 +154,6 @@ class PretrainedConfig(ConfigBase):
     hook_name: str = ""
     model_name: str = ""
     norm_eps: float = 1e-5
-    training: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
@@ -159,14 +165,6 @@ class PretrainedConfig(ConfigBase):
                 expected = "a non-empty str" if self.require_provenance else "a str"
                 raise ValueError(f"{name} must be {expected}, got {value!r}.")
         check_float("norm_eps", self.norm_eps, minimum=0.0, min_open=True)
-        if not isinstance(self.training, dict):
-            raise ValueError(f"training must be a dict, got {type(self.training).__name__}.")
-        try:
-            json.dumps(self.training)
-        except TypeError as exc:
-            raise ValueError(
-                f"training must be JSON-serialisable (it is saved in {CONFIG_NAME}): {exc}"
-            ) from exc
         check_positive_int("format_version", self.format_version)
         check_format_version(self.format_version, self.saved_object)
 
@@ -236,9 +234,29 @@ class PretrainedModule(nn.Module):
             )
         self.config = config
         self.normalizer = Normalizer(config.d_model, eps=config.norm_eps)
+        # What training or fitting produced; see record_training.
+        self.training_record: dict[str, Any] = {}
+
+    def record_training(self, record: Mapping[str, Any]) -> None:
+        """Keep what training or fitting produced (steps, losses, dates, the data it saw).
+
+        The record is saved as ``training.json`` beside the weights, never in the config, which
+        describes the constructor only. A later run (a resumed or continued training) replaces it
+        whole. It must be JSON-serialisable; it is copied, so later edits of ``record`` do not
+        leak in.
+        """
+        if not isinstance(record, Mapping):
+            raise TypeError(f"record must be a dict, got {type(record).__name__}.")
+        try:
+            self.training_record = json.loads(json.dumps(dict(record)))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"record must be JSON-serialisable (it is saved as {TRAINING_RECORD_NAME}): {exc}"
+            ) from exc
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` and ``model.safetensors`` (the whole state dict) atomically.
+        """Write ``config.json``, ``model.safetensors`` (the whole state dict) and, when there is
+        one, the training record (``training.json``), atomically.
 
         The directory is built next to ``directory`` and swapped in at the end, so an existing
         save is replaced only by a complete one.
@@ -249,6 +267,8 @@ class PretrainedModule(nn.Module):
         with atomic_directory(directory) as tmp:
             atomic_write_json(tmp / CONFIG_NAME, self.config.to_dict())
             atomic_save_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta)
+            if self.training_record:
+                atomic_write_json(tmp / TRAINING_RECORD_NAME, self.training_record)
 
     @classmethod
     def from_pretrained(
@@ -269,7 +289,10 @@ class PretrainedModule(nn.Module):
             raise FileNotFoundError(
                 f"No {CONFIG_NAME} in {directory!s}; pass a directory written by save_pretrained."
             )
-        config = cls.config_class.family().from_dict(read_json(config_path))
+        data = read_json(config_path)
+        # Files written before configs and run records were split keep the record in the config.
+        legacy_record = data.pop("training", None) if isinstance(data, dict) else None
+        config = cls.config_class.family().from_dict(data)
         name = getattr(config, config.registry_key)
         target = config.registry[name]
         if not issubclass(target, cls):
@@ -281,5 +304,9 @@ class PretrainedModule(nn.Module):
         load_state_dict_checked(
             module, directory / WEIGHTS_NAME, f"the {target.__name__} that {CONFIG_NAME} describes"
         )
+        record_path = directory / TRAINING_RECORD_NAME
+        record = read_json(record_path) if record_path.is_file() else legacy_record
+        if record:
+            module.record_training(record)
         module.eval()
         return module.to(device=device, dtype=dtype)

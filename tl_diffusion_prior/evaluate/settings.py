@@ -25,7 +25,7 @@ class EvalSettings(ConfigBase):
 
     Attributes:
         seq_len: Tokens per held-out window (BOS included); None: the context length the
-            priors' activations were captured with (``config.training["ctx"]``), else 128.
+            priors' activations were captured with (``training_record["ctx"]``), else 128.
             Activation statistics drift with the position, so held-out windows should be as
             long as the training rows.
         max_sequences: Windows per held-out set (the paper: 2048 documents).
@@ -133,7 +133,7 @@ class EvalSettings(ConfigBase):
         """``seq_len``, or the priors' capture context length, or 128."""
         if self.seq_len is not None:
             return self.seq_len
-        contexts = {p.config.training.get("ctx") for p in priors} - {None}
+        contexts = {p.training_record.get("ctx") for p in priors} - {None}
         if len(contexts) > 1:
             raise ValueError(
                 f"The priors were captured with different context lengths {sorted(contexts)}; "

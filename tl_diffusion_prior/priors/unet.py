@@ -46,7 +46,6 @@ from tl_diffusion_prior.priors.base import (
     register_prior,
 )
 from tl_diffusion_prior.priors.grid import (
-    GRID_PATHS,
     GridLayout,
     layout_from_samples,
 )
@@ -184,27 +183,30 @@ class UNetPrior(DiffusionPrior):
         """
         z = self._normalized_sample(x)
         if self.config.layout == "spectral":
-            self._set_spectral_layout(z, self.config.layout_path)
+            self._set_spectral_layout(z)
         if self.network.gaussian is not None:
             self.network.gaussian.fit(z)
 
     @torch.no_grad()
-    def fit_layout(self, x: Float[Tensor, "n d_model"], path: str | None = None) -> None:
-        """Set the spectral layout from RAW activations ``x`` (normalised internally).
+    def fit_layout(self, x: Float[Tensor, "n d_model"]) -> None:
+        """Refit only the spectral layout from RAW activations ``x`` (normalised internally).
 
-        Records ``layout="spectral"`` (and ``path``, if given) in the config; the permutation is a
-        buffer (``network.layout.cell_of_dim``) saved in ``model.safetensors``.
+        The config says which layout and path (``layout="spectral"``, ``layout_path``) and is not
+        changed; the permutation is a buffer (``network.layout.cell_of_dim``) saved in
+        ``model.safetensors``. :meth:`fit_data` fits it too, with the Gaussian skip.
         """
-        path = self.config.layout_path if path is None else path
-        if path not in GRID_PATHS:
-            raise ValueError(f"path must be one of {GRID_PATHS}, got {path!r}.")
-        self._set_spectral_layout(self._normalized_sample(x), path)
+        if self.config.layout != "spectral":
+            raise ValueError(
+                f"fit_layout needs a prior built with layout='spectral', got "
+                f"layout={self.config.layout!r}; build the prior with "
+                "UNetPriorConfig(layout='spectral', layout_path=...) and call fit_data."
+            )
+        self._set_spectral_layout(self._normalized_sample(x))
 
-    def _set_spectral_layout(self, z: Tensor, path: str) -> None:
+    def _set_spectral_layout(self, z: Tensor) -> None:
         height, width = self.config.grid_shape
-        self.network.layout.set_layout(layout_from_samples(z, height, width, path))
-        self.config.layout = "spectral"
-        self.config.layout_path = path
+        layout = layout_from_samples(z, height, width, self.config.layout_path)
+        self.network.layout.set_layout(layout)
 
     def _normalized_sample(self, x: Tensor) -> Tensor:
         self._check_activations(x, "x")

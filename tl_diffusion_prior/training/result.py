@@ -86,7 +86,7 @@ def record_provenance(
     }
     if provenance:
         training.update(provenance)
-    prior.config.training = training
+    prior.record_training(training)
 
 
 def _describe_device(device: torch.device) -> str:

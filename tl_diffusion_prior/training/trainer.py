@@ -80,7 +80,7 @@ def train_prior(
             is one; False starts fresh and refuses a directory that already holds checkpoints; a
             path resumes from that checkpoint (or the latest one in that run directory).
         hook: which of the buffer's hooks to train on (default: its only one, or the prior's).
-        provenance: extra JSON-able facts (corpus, tokens, model) for ``prior.config.training``.
+        provenance: extra JSON-able facts (corpus, tokens, model) for ``prior.training_record``.
         callback: called with the number of completed steps after each step (after that step's
             checkpoint); an exception it raises interrupts training as a crash would.
 

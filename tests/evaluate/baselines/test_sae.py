@@ -36,8 +36,8 @@ def test_sae_beats_the_mean_predictor(data, sae):
     assert sae_error < 0.3 * mean_error
     fvu = fraction_of_variance_unexplained(sae, heldout)
     assert 0.0 < fvu < 0.3
-    assert sae.config.training["train_fvu"] < 0.3
-    history = sae.config.training["history"]
+    assert sae.training_record["train_fvu"] < 0.3
+    history = sae.training_record["history"]
     assert history["loss"][-1] < history["loss"][0]
 
 
@@ -64,9 +64,11 @@ def test_save_load_round_trip(tmp_path, data, sae):
     loaded = TopKSAE.from_pretrained(tmp_path / "sae")
     assert loaded.config == sae.config
     torch.testing.assert_close(loaded.reconstruct(data[1]), sae.reconstruct(data[1]))
+    assert loaded.training_record == sae.training_record
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == [
         "config.json",
         "model.safetensors",
+        "training.json",
     ]
 
 

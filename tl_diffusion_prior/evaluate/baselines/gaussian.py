@@ -108,9 +108,9 @@ class GaussianBaseline(Baseline):
             hook_name=hook_name,
             model_name=model_name,
             norm_eps=normalizer.eps,
-            training={"n_rows": int(n)},
         )
         baseline = cls(config)
+        baseline.record_training({"n_rows": int(n)})
         baseline.normalizer.load_state_dict(normalizer.state_dict())
         baseline.mean.copy_(mean)
         baseline.eigenvalues.copy_(eigenvalues[order].clamp_min(0.0))

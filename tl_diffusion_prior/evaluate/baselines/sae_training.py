@@ -53,7 +53,7 @@ class SAETrainConfig(ConfigBase):
         dead_after_rows: A latent that has not fired for this many training rows counts as dead.
         grad_clip: Max global gradient norm.
         seed: Seed of the initialisation and of the batch sampling.
-        log_every: Steps between recorded losses (the history goes into ``config.training``).
+        log_every: Steps between recorded losses (the history goes into ``training_record``).
         backend: ``"native"`` or ``"sae_lens"`` (needs ``pip install 'tl-diffusion-prior[bench]'``).
     """
 
@@ -157,7 +157,7 @@ def train_topk_sae(
 
     ``normalizer`` (from :func:`~tl_diffusion_prior.evaluate.baselines.base.fit_normalizer`) fixes
     the normalised space. The loss history, training FVU, dead fraction and timing are recorded in
-    the returned SAE's ``config.training``.
+    the returned SAE's ``training_record``.
     """
     config = config or SAETrainConfig()
     rows = activation_rows(source, hook=hook)
@@ -178,14 +178,16 @@ def train_topk_sae(
         history = _train_sae_lens(sae, rows, config)
     sae.eval()
     sample = activation_rows(rows, max_rows=min(rows.shape[0], 20_000))
-    sae.config.training = {
-        "backend": config.backend,
-        "n_rows": int(rows.shape[0]),
-        "train_config": config.to_dict(),
-        "seconds": round(time.perf_counter() - start, 2),
-        "train_fvu": fraction_of_variance_unexplained(sae, sample),
-        **history,
-    }
+    sae.record_training(
+        {
+            "backend": config.backend,
+            "n_rows": int(rows.shape[0]),
+            "train_config": config.to_dict(),
+            "seconds": round(time.perf_counter() - start, 2),
+            "train_fvu": fraction_of_variance_unexplained(sae, sample),
+            **history,
+        }
+    )
     return sae
 
 

@@ -49,10 +49,9 @@ def loss_columns(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def loss_history(prior: DiffusionPrior, directory: str | os.PathLike | None = None) -> dict:
-    """The prior's training curve: ``config.training["history"]``, or ``loss.csv`` in
+    """The prior's training curve: ``training_record["history"]``, or ``loss.csv`` in
     ``directory`` (next to its weights, where the trainer's CLI copies it); empty when none."""
-    training = prior.config.training or {}
-    history = training.get("history")
+    history = prior.training_record.get("history")
     if isinstance(history, dict) and history:
         return {k: list(v) for k, v in history.items() if isinstance(v, list)}
     if directory is not None and (Path(directory) / LOSS_CSV_NAME).is_file():

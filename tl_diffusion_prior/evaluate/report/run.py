@@ -21,10 +21,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.evaluate.baselines.base import Baseline
 from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.data import held_out_windows
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult, TokenSet
@@ -198,11 +200,15 @@ def _assemble_report(
         hook_name=run.hook_name,
         settings=run.settings.to_dict(),
         priors=[
-            {"name": n, "config": p.config.to_dict(), "num_parameters": p.num_parameters}
+            {
+                "name": n,
+                "config": p.config.to_dict(),
+                "training": p.training_record,
+                "num_parameters": p.num_parameters,
+            }
             for p, n in zip(run.priors, run.names, strict=True)
         ],
-        baselines=[{"name": "gaussian", "config": g.config.to_dict()}]
-        + [{"name": s.name, "config": s.config.to_dict()} for s in baselines.saes],
+        baselines=[_describe("gaussian", g)] + [_describe(s.name, s) for s in baselines.saes],
         datasets=held.datasets(),
         results=results,
         frechet=frechet,
@@ -234,6 +240,10 @@ def _targets(
     )
 
 
+def _describe(name: str, baseline: Baseline) -> dict[str, Any]:
+    return {"name": name, "config": baseline.config.to_dict(), "training": baseline.training_record}
+
+
 def _loss_histories(run: _Run, baselines: Baselines) -> dict[str, dict]:
     """Each prior's and each SAE's training curve, by display name."""
     histories = {
@@ -241,7 +251,7 @@ def _loss_histories(run: _Run, baselines: Baselines) -> dict[str, dict]:
     }
     histories.update(
         {
-            f"SAE {s.config.d_sae}/{s.config.k}": s.config.training.get("history", {})
+            f"SAE {s.config.d_sae}/{s.config.k}": s.training_record.get("history", {})
             for s in baselines.saes
         }
     )

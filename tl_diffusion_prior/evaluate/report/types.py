@@ -25,8 +25,10 @@ class EvalReport:
     Attributes:
         model_name / hook_name: The model and hook the activations come from.
         settings: The :class:`~tl_diffusion_prior.evaluate.settings.EvalSettings` as a dict.
-        priors: ``{"name", "config", "num_parameters"}`` per prior.
-        baselines: ``{"name", "config"}`` per baseline (the Gaussian first, then the SAEs).
+        priors: ``{"name", "config", "training", "num_parameters"}`` per prior (``training`` is
+            its training record).
+        baselines: ``{"name", "config", "training"}`` per baseline (the Gaussian first, then the
+            SAEs).
         datasets: Held-out set name -> window counts, patched tokens and clean loss.
         results: One :class:`~tl_diffusion_prior.evaluate.fidelity.FidelityResult` per
             (data set, condition, method, setting), in the order they were measured.
