@@ -6,7 +6,7 @@ import argparse
 from dataclasses import replace
 from typing import Any
 
-from tl_diffusion_prior.data.models import load_default_model
+from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.recipes import SCALES, DemoScale, capture_corpus
 
 

@@ -17,12 +17,14 @@ from datetime import date
 
 import torch
 
-from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-from tl_diffusion_prior.capture.capture import fill_buffer, model_device
-from tl_diffusion_prior.capture.hook_names import stop_at_layer
+from tl_diffusion_prior.capture import (
+    ActivationRingBuffer,
+    fill_buffer,
+    model_device,
+    stop_at_layer,
+)
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.data.models import load_model
-from tl_diffusion_prior.data.sources import corpus_token_source
+from tl_diffusion_prior.data import corpus_token_source, load_model
 
 
 def synchronize(device: torch.device) -> None:

@@ -32,10 +32,9 @@ import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.data.models import load_model
+from tl_diffusion_prior.data import load_model
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, load_prior
-from tl_diffusion_prior.steering import steer
-from tl_diffusion_prior.steering.vector import steering_vector
+from tl_diffusion_prior.steering import steer, steering_vector
 
 
 class HookPathOnly(MLPPrior):

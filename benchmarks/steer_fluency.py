@@ -16,7 +16,7 @@ from datetime import date
 
 import torch
 
-from tl_diffusion_prior.data.models import load_default_model
+from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.evaluate.concept_steering import (
     DEFAULT_CONCEPTS,
     DEFAULT_PROMPTS,

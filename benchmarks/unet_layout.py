@@ -27,10 +27,9 @@ import torch
 from benchmark_setup import add_data_arguments, model_and_activations
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
-from tl_diffusion_prior.priors.unet import UNetPrior
-from tl_diffusion_prior.priors.unet_config import UNetPriorConfig
+from tl_diffusion_prior.priors import UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.recipes import train_demo_prior
-from tl_diffusion_prior.training.trainer import FIT_ROWS
+from tl_diffusion_prior.training import FIT_ROWS
 
 
 def relative_error(prior: UNetPrior, clean: torch.Tensor, denoised: torch.Tensor) -> float:
