@@ -6,6 +6,7 @@ a re-iterable stream otherwise) and passes every other keyword on to it.
 
 from __future__ import annotations
 
+import codecs
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ def corpus_token_source(
 
     ``kwargs`` go to ``TextTokenSource`` (``shuffle_seed``, ``epochs``, ``rank``, ...).
     """
+    kwargs.setdefault("description", f"the packaged corpus (split={split!r}, sources={sources})")
     return TextTokenSource(load_corpus(split, sources), tokenizer, batch_size, ctx, **kwargs)
 
 
@@ -40,16 +42,49 @@ class _TextFiles:
 
     def __iter__(self) -> Iterator[str]:
         for path in self.paths:
-            with open(path, encoding=self.encoding) as file:
-                buffer = ""
-                for chunk in iter(lambda f=file: f.read(self.max_chars), ""):
-                    buffer += chunk
-                    while len(buffer) > self.max_chars:
-                        cut = buffer.rfind("\n", 0, self.max_chars) + 1 or self.max_chars
-                        yield buffer[:cut]
-                        buffer = buffer[cut:]
-                if buffer:
-                    yield buffer
+            try:
+                yield from self._parts(path)
+            except UnicodeDecodeError as error:
+                raise _not_text(path, self.encoding, error) from error
+
+    def _parts(self, path: Path) -> Iterator[str]:
+        with open(path, encoding=self.encoding) as file:
+            buffer = ""
+            for chunk in iter(lambda f=file: f.read(self.max_chars), ""):
+                buffer += chunk
+                while len(buffer) > self.max_chars:
+                    cut = buffer.rfind("\n", 0, self.max_chars) + 1 or self.max_chars
+                    yield buffer[:cut]
+                    buffer = buffer[cut:]
+            if buffer:
+                yield buffer
+
+
+_SNIFF_BYTES = 65_536  # read from the start of each text file to refuse a binary one up front
+
+
+def _not_text(path: Path, encoding: str, error: UnicodeDecodeError) -> ValueError:
+    return ValueError(
+        f"Text file {str(path)!r} is not {encoding} text ({error.reason} at byte "
+        f"{error.start:,}); is it a binary file? Pass plain-text files, or the file's encoding "
+        "(encoding=...)."
+    )
+
+
+def _check_looks_like_text(path: Path, encoding: str) -> None:
+    """Refuse a file whose first bytes do not decode, or hold NUL bytes (binary), naming it."""
+    with open(path, "rb") as file:
+        head = file.read(_SNIFF_BYTES)
+    try:
+        # Incremental, so a character cut at the end of the sample is not an error.
+        text = codecs.getincrementaldecoder(encoding)().decode(head, final=False)
+    except UnicodeDecodeError as error:
+        raise _not_text(path, encoding, error) from error
+    if "\x00" in text:
+        raise ValueError(
+            f"Text file {str(path)!r} holds NUL bytes at character {text.index(chr(0)):,}: it "
+            "looks binary, not text. Pass plain-text files."
+        )
 
 
 def text_file_token_source(
@@ -77,6 +112,15 @@ def text_file_token_source(
     if missing:
         raise FileNotFoundError(f"text_file_token_source: no such file(s): {missing}.")
     check_int("max_document_chars", max_document_chars, minimum=1)
+    try:
+        codecs.lookup(encoding)
+    except LookupError as error:
+        raise ValueError(
+            f"encoding={encoding!r} is not a known text encoding; pass e.g. 'utf-8' or 'latin-1'."
+        ) from error
+    for path in resolved:
+        _check_looks_like_text(path, encoding)
+    kwargs.setdefault("description", f"the text file(s) {[str(p) for p in resolved]}")
     texts: Iterable[str] = _TextFiles(resolved, encoding, max_document_chars)
     if kwargs.get("shuffle_seed") is not None:
         texts = list(texts)
@@ -167,4 +211,5 @@ def hf_dataset_token_source(
             f"name must be a dataset name/path, a datasets.Dataset or a datasets.IterableDataset "
             f"(one split), got {type(dataset).__name__}; pick a split, e.g. dataset['train']."
         )
+    kwargs.setdefault("description", f"the dataset {name!r} (column {text_column!r})")
     return TextTokenSource(texts, tokenizer, batch_size, ctx, **kwargs)

@@ -14,6 +14,9 @@ see all of them. With ``drop_remainder`` a last incomplete round is dropped, so 
 the same number of batches (distributed training would hang otherwise). Each rank tokenises the
 whole stream, which costs seconds for the few million tokens of the default corpus.
 
+Too little text. A pass that starts at the first batch and yields none raises a ``ValueError``
+saying how many tokens the texts gave and how many one batch needs, instead of ending silently.
+
 Resuming. A source remembers how many batches it has yielded; ``state_dict()`` is a small JSON-able
 dict and ``load_state_dict()`` makes the next batch the one that would have come next. Iterating
 again continues from the current position; ``reset()`` goes back to the start.
@@ -116,6 +119,7 @@ class TextTokenSource(TokenSource):
         rank: This shard's index (see ``shard``).
         world_size: Number of shards.
         encode_batch: Documents tokenised per call of the tokenizer.
+        description: What the texts are (e.g. which files), for error messages.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class TextTokenSource(TokenSource):
         rank: int = 0,
         world_size: int = 1,
         encode_batch: int = 64,
+        description: str | None = None,
     ):
         if isinstance(texts, str | bytes):
             raise TypeError(
@@ -173,12 +178,16 @@ class TextTokenSource(TokenSource):
         self.rank = rank
         self.world_size = world_size
         self.encode_batch = encode_batch
+        self.description = description or (
+            f"the {len(texts)} text(s) given" if self._is_sequence else "the texts given"
+        )
         self.bos_token_id = self._special_id("bos") if prepend_bos else None
         self.separator_id = self._separator_id(separator)
         self._cache: list[np.ndarray | None] | None = (
             [None] * len(texts) if self._is_sequence else None
         )
         self._batches_yielded = 0
+        self._pass_tokens = 0  # stream tokens (separators included) of the first epoch
 
     # ------------------------------------------------------------------ settings
 
@@ -269,6 +278,8 @@ class TextTokenSource(TokenSource):
             if separator is not None:
                 pending.append(separator)
                 pending_len += 1
+            if epoch == 0:  # for the error message when nothing could be packed
+                self._pass_tokens += len(ids) + (separator is not None)
             if pending_len >= width * _ROWS_PER_BLOCK:
                 block, pending, pending_len = self._cut_rows(pending, pending_len)
                 yield block
@@ -330,14 +341,37 @@ class TextTokenSource(TokenSource):
     # ------------------------------------------------------------------ TokenSource
 
     def __iter__(self) -> Iterator[Int[Tensor, "batch ctx"]]:
+        from_start = self._batches_yielded == 0
+        self._pass_tokens = 0
         batches = self._global_batches(self._batches_yielded * self.world_size)
         while True:
             round_ = list(itertools.islice(batches, self.world_size))
             complete = len(round_) == self.world_size and len(round_[-1]) == self.batch_size
             if not round_ or (self.drop_remainder and not complete) or len(round_) <= self.rank:
+                if from_start and self._batches_yielded == 0:
+                    raise ValueError(self._shortfall_message())
                 return
             self._batches_yielded += 1
             yield torch.from_numpy(np.ascontiguousarray(round_[self.rank]))
+
+    def _shortfall_message(self) -> str:
+        """Why a pass from the start yielded no batch: tokens given against tokens needed."""
+        if not self.drop_remainder:
+            rows, who = self.rank * self.batch_size + 1, f"a batch for rank {self.rank}"
+        elif self.world_size > 1:
+            rows = self.batch_size * self.world_size
+            who = f"a batch on each of world_size={self.world_size} ranks"
+        else:
+            rows, who = self.batch_size, f"one batch of batch_size={self.batch_size}"
+        epochs = "" if self.epochs == 1 else f" per epoch over epochs={self.epochs}"
+        bos = ", less the BOS" if self.prepend_bos else ""
+        return (
+            f"{self.description} holds too little text for one batch: it gave "
+            f"{self._pass_tokens:,} tokens{epochs} (separators included), but {who} needs {rows} "
+            f"row(s) of {self.row_tokens} tokens (ctx={self.ctx}{bos}) = "
+            f"{rows * self.row_tokens:,}. Add text, or lower batch_size / ctx (--batch-size / "
+            "--ctx on the command line)."
+        )
 
     def _settings(self) -> dict[str, Any]:
         settings = {
