@@ -1,4 +1,10 @@
-"""Validation of full TransformerLens hook names, with suggestions, and ``stop_at_layer``."""
+"""Validation of full TransformerLens hook names, with suggestions, and ``stop_at_layer``.
+
+Capture and steering work on one ``d_model``-wide vector per token (``[batch, pos, d_model]``).
+:func:`check_residual_hooks` refuses, by name and before any forward pass, the TransformerLens
+hook points that carry something else (attention patterns, per-head vectors, MLP hidden units,
+logits); hook points it does not know are left to the shape checks at capture time.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,30 @@ from collections.abc import Iterable, Sequence
 from transformer_lens import HookedRootModule
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+
+# The last part of a TransformerLens hook name -> what its activation holds, when that is not one
+# d_model vector per token (shapes as in TransformerLens' components).
+_NOT_PER_TOKEN_D_MODEL = {
+    "hook_pattern": "attention probabilities [batch, n_heads, query_pos, key_pos]",
+    "hook_attn_scores": "attention scores [batch, n_heads, query_pos, key_pos]",
+    "hook_q": "per-head queries [batch, pos, n_heads, d_head]",
+    "hook_k": "per-head keys [batch, pos, n_heads, d_head]",
+    "hook_v": "per-head values [batch, pos, n_heads, d_head]",
+    "hook_rot_q": "per-head rotated queries [batch, pos, n_heads, d_head]",
+    "hook_rot_k": "per-head rotated keys [batch, pos, n_heads, d_head]",
+    "hook_z": "per-head attention outputs [batch, pos, n_heads, d_head]",
+    "hook_result": "per-head outputs [batch, pos, n_heads, d_model]",
+    "hook_attn_in": "per-head attention inputs [batch, pos, n_heads, d_model]",
+    "hook_q_input": "per-head query inputs [batch, pos, n_heads, d_model]",
+    "hook_k_input": "per-head key inputs [batch, pos, n_heads, d_model]",
+    "hook_v_input": "per-head value inputs [batch, pos, n_heads, d_model]",
+    "hook_scale": "normalisation scales [batch, pos, 1]",
+    "hook_tokens": "token ids [batch, pos]",
+    "hook_expert_weights": "mixture-of-experts routing weights [batch pos, n_experts]",
+    "hook_expert_indices": "mixture-of-experts expert choices [batch pos, experts_per_token]",
+}
+# MLP hidden units: [batch, pos, d_mlp], fine only where d_mlp happens to equal d_model.
+_MLP_HIDDEN = ("hook_pre", "hook_pre_linear", "hook_post")
 
 
 def validate_hook_names(model: HookedRootModule, hook_names: str | Iterable[str]) -> list[str]:
@@ -56,3 +86,46 @@ def stop_at_layer(hook_names: Sequence[str]) -> int | None:
     if any(layer is None for layer in layers):
         return None
     return max(layers) + 1
+
+
+def _not_per_token_d_model(model: HookedRootModule, name: str) -> str | None:
+    """What the activation at ``name`` holds if it is known not to be ``[batch, pos, d_model]``."""
+    cfg = getattr(model, "cfg", None)
+    parent, _, last = name.rpartition(".")
+    if last in _NOT_PER_TOKEN_D_MODEL:
+        return _NOT_PER_TOKEN_D_MODEL[last]
+    if name == "unembed.hook_out":
+        return "logits [batch, pos, d_vocab]"
+    if last == "hook_normalized" and ".attn." in f".{parent}.":
+        return "per-head normalised queries or keys [batch, pos, n_heads, d_head]"
+    if last == "hook_normalized" and parent.endswith(".ln1"):
+        if getattr(cfg, "use_split_qkv_input", False) or getattr(cfg, "use_attn_in", False):
+            return "per-head normalised attention inputs [batch, pos, n_heads, d_model]"
+    if last in _MLP_HIDDEN and ".mlp" in f".{parent}":
+        d_mlp, d_model = getattr(cfg, "d_mlp", None), getattr(cfg, "d_model", None)
+        if d_mlp is None or d_mlp != d_model:
+            return f"MLP hidden units [batch, pos, d_mlp={d_mlp}]"
+    return None
+
+
+def check_residual_hooks(model: HookedRootModule, hook_names: str | Iterable[str]) -> list[str]:
+    """:func:`validate_hook_names`, then refuse hooks whose activation is not one ``d_model``
+    vector per token (an attention pattern, per-head vectors, MLP hidden units, logits).
+
+    Capture and steering need ``[batch, pos, d_model]`` activations; the error names the hook, what
+    it carries and the residual-stream hook of the same block to use instead.
+    """
+    names = validate_hook_names(model, hook_names)
+    for name in names:
+        holds = _not_per_token_d_model(model, name)
+        if holds is None:
+            continue
+        layer = layer_of(name)
+        instead = f"blocks.{layer if layer is not None else 0}.hook_resid_post"
+        raise ValueError(
+            f"Hook {name!r} carries {holds}, not one d_model-wide vector per token "
+            "([batch, pos, d_model]), which capture and steering need. Use a residual-stream hook "
+            f"such as {instead!r} (or hook_resid_pre, hook_resid_mid, hook_attn_out, "
+            "hook_mlp_out of a block)."
+        )
+    return names
