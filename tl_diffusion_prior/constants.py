@@ -7,8 +7,15 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # What training or fitting produced (steps, losses, dates, data), beside the weights.
 TRAINING_RECORD_NAME = "training.json"
+# Beside the weights: file name -> sha256 of its bytes, checked on load (core.integrity).
+CHECKSUMS_NAME = "checksums.json"
 # A saved ring buffer.
 BUFFER_NAME = "buffer.safetensors"
+# Keys of a buffer file's safetensors metadata: the sha256 of each tensor's bytes (a JSON object)
+# and where the activations came from (the model's name and weight fingerprint).
+BUFFER_SHA256_KEY = "sha256"
+MODEL_NAME_KEY = "model_name"
+MODEL_FINGERPRINT_KEY = "model_fingerprint"
 # A training checkpoint folder (checkpoint_dir/step_NNNNNNNN/).
 CHECKPOINT_STATE_NAME = "trainer_state.safetensors"
 CHECKPOINT_META_NAME = "trainer_state.json"

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from tl_diffusion_prior.constants import (
+    CHECKSUMS_NAME,
     CONFIG_NAME,
     FORMAT_VERSION,
     TRAINING_RECORD_NAME,
@@ -191,7 +192,7 @@ def test_save_load_round_trip(tmp_path):
     toy.save_pretrained(tmp_path / "toy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy"]  # no temporary left behind
     files = sorted(p.name for p in (tmp_path / "toy").iterdir())
-    assert files == [CONFIG_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME]
+    assert files == [CHECKSUMS_NAME, CONFIG_NAME, WEIGHTS_NAME, TRAINING_RECORD_NAME]
     saved = json.loads((tmp_path / "toy" / CONFIG_NAME).read_text())
     assert saved == toy.config.to_dict() and "training" not in saved
     assert json.loads((tmp_path / "toy" / TRAINING_RECORD_NAME).read_text()) == {"rows": 7}

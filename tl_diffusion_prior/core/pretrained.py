@@ -10,7 +10,14 @@ directory holding
 * ``training.json`` (when there is one): the module's :attr:`~PretrainedModule.training_record`,
   what training or fitting produced (steps, losses, dates, data). The config describes the
   constructor only and is never changed after it; files written before this split kept the record
-  as the config's ``training`` key, which loading still reads.
+  as the config's ``training`` key, which loading still reads;
+* ``checksums.json``: ``{"model.safetensors": <sha256 of its bytes>}``, written last and compared
+  on load (``verify=False`` skips it, for speed), so a flipped byte in the weights is an error that
+  names the file. It is a file of its own because the config describes the constructor only and a
+  file cannot hold its own checksum. Saves from before it existed have none and load unchecked.
+
+Loading also refuses NaN/inf in any floating-point tensor (weights, normaliser statistics, fitted
+buffers), naming the tensor and the file: one NaN weight would make every output NaN.
 
 A family (priors, baselines) is three things built on this module: a :class:`Registry`, a base
 config (a :class:`PretrainedConfig` subclass that declares the registry-key field and points at the
@@ -38,6 +45,7 @@ from tl_diffusion_prior.constants import (
     WEIGHTS_NAME,
 )
 from tl_diffusion_prior.core.config import ConfigBase, check_format_version
+from tl_diffusion_prior.core.integrity import check_finite, verify_checksums, write_checksums
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.core.serialization import (
     atomic_directory,
@@ -255,8 +263,9 @@ class PretrainedModule(nn.Module):
             ) from exc
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json``, ``model.safetensors`` (the whole state dict) and, when there is
-        one, the training record (``training.json``), atomically.
+        """Write ``config.json``, ``model.safetensors`` (the whole state dict), when there is
+        one, the training record (``training.json``), and the weights' ``checksums.json``,
+        atomically.
 
         The directory is built next to ``directory`` and swapped in at the end, so an existing
         save is replaced only by a complete one.
@@ -269,6 +278,7 @@ class PretrainedModule(nn.Module):
             atomic_save_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta)
             if self.training_record:
                 atomic_write_json(tmp / TRAINING_RECORD_NAME, self.training_record)
+            write_checksums(tmp, [WEIGHTS_NAME])
 
     @classmethod
     def from_pretrained(
@@ -276,12 +286,20 @@ class PretrainedModule(nn.Module):
         directory: str | os.PathLike,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        *,
+        verify: bool = True,
     ) -> ModuleT:
         """Load a module saved by :meth:`save_pretrained` (no unpickling), in eval mode.
 
         On a family's base class (``DiffusionPrior``) it returns the class ``config.json`` names;
         on any other class it raises ValueError when the saved class is not a subclass of it.
         ``device``/``dtype`` move and cast the result (None keeps CPU and the saved dtypes).
+        ``verify`` compares the weights with their ``checksums.json`` (False skips that read of
+        the file, for speed); NaN/inf weights are refused either way.
+
+        Raises:
+            CorruptFileError: (a ``ValueError``) the weights' bytes changed since the save, or a
+                tensor holds NaN/inf.
         """
         directory = Path(directory)
         config_path = directory / CONFIG_NAME
@@ -301,9 +319,13 @@ class PretrainedModule(nn.Module):
                 f"a {cls.__name__}; load it with {target.__name__}.from_pretrained."
             )
         module = target(config)
+        if verify:
+            verify_checksums(directory)
+        weights_path = directory / WEIGHTS_NAME
         load_state_dict_checked(
-            module, directory / WEIGHTS_NAME, f"the {target.__name__} that {CONFIG_NAME} describes"
+            module, weights_path, f"the {target.__name__} that {CONFIG_NAME} describes"
         )
+        check_finite(module.state_dict(), weights_path)
         record_path = directory / TRAINING_RECORD_NAME
         record = read_json(record_path) if record_path.is_file() else legacy_record
         if record:

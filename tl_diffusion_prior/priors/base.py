@@ -322,9 +322,15 @@ def load_prior(
     directory: str | os.PathLike,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    *,
+    verify: bool = True,
 ) -> DiffusionPrior:
-    """Load a saved prior of whatever architecture its ``config.json`` names."""
-    return DiffusionPrior.from_pretrained(directory, device=device, dtype=dtype)
+    """Load a saved prior of whatever architecture its ``config.json`` names.
+
+    ``verify=False`` skips comparing the weights with their recorded checksum (see
+    :meth:`~tl_diffusion_prior.core.pretrained.PretrainedModule.from_pretrained`).
+    """
+    return DiffusionPrior.from_pretrained(directory, device=device, dtype=dtype, verify=verify)
 
 
 def check_cov_eigenvalues(values: Tensor, d_model: int, name: str = "cov_eigenvalues") -> Tensor:

@@ -66,6 +66,7 @@ def test_save_load_round_trip(tmp_path, data, sae):
     torch.testing.assert_close(loaded.reconstruct(data[1]), sae.reconstruct(data[1]))
     assert loaded.training_record == sae.training_record
     assert sorted(p.name for p in (tmp_path / "sae").iterdir()) == [
+        "checksums.json",
         "config.json",
         "model.safetensors",
         "training.json",

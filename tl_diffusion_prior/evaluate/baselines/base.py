@@ -11,8 +11,9 @@ exist:
 * ``"topk_sae"`` (:class:`~tl_diffusion_prior.evaluate.baselines.sae.TopKSAE`): a TopK sparse
   autoencoder.
 
-``save_pretrained(dir)`` writes ``config.json`` and ``model.safetensors`` atomically and
-``load_baseline(dir)`` returns the class the config names; nothing is ever unpickled.
+``save_pretrained(dir)`` writes ``config.json``, ``model.safetensors`` and its checksum
+atomically and ``load_baseline(dir)`` returns the class the config names, refusing corrupt or
+non-finite weights; nothing is ever unpickled.
 """
 
 from __future__ import annotations
@@ -98,14 +99,18 @@ class Baseline(PretrainedModule):
 
 
 def load_baseline(
-    directory: str | os.PathLike, device: str | torch.device | None = None
+    directory: str | os.PathLike,
+    device: str | torch.device | None = None,
+    *,
+    verify: bool = True,
 ) -> Baseline:
     """Load a saved baseline of whatever kind its ``config.json`` names.
 
     The built-in kinds are registered by importing :mod:`tl_diffusion_prior.evaluate.baselines`,
-    which importing this module always does first.
+    which importing this module always does first. ``verify=False`` skips comparing the weights
+    with their recorded checksum.
     """
-    return Baseline.from_pretrained(directory, device=device)
+    return Baseline.from_pretrained(directory, device=device, verify=verify)
 
 
 # --------------------------------------------------------------------------- data helpers
