@@ -114,10 +114,16 @@ def test_no_hook_survives_an_exception(tiny_model):
     assert buffer.num_pushed == pushed
 
 
-def test_hooks_are_removed_when_the_forward_itself_fails(tiny_model):
+def test_hooks_are_removed_when_the_forward_itself_fails(tiny_model, monkeypatch):
     buffer = ActivationRingBuffer(50, 64, [HOOK])
-    with pytest.raises(IndexError):
-        fill_buffer(tiny_model, torch.full((2, 5), 10_000), HOOK, 5, buffer=buffer, progress=False)
+
+    def broken_mlp(*args, **kwargs):
+        raise RuntimeError("mlp failed")
+
+    # Out-of-vocabulary ids no longer reach the model (they are refused first), so break a block.
+    monkeypatch.setattr(tiny_model.blocks[1].mlp, "forward", broken_mlp)
+    with pytest.raises(RuntimeError, match="mlp failed"):
+        fill_buffer(tiny_model, _tokens(2, 5), HOOK, 5, buffer=buffer, progress=False)
     assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
 
 

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedRootModule
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-from tl_diffusion_prior.capture.hook_names import stop_at_layer, validate_hook_names
+from tl_diffusion_prior.capture.hook_names import check_residual_hooks, stop_at_layer
 from tl_diffusion_prior.capture.outlier_filter import OutlierFilter
+from tl_diffusion_prior.core.validation import check_int
 
 
 @dataclass
@@ -84,7 +85,7 @@ class ActivationCapture:
         config: CaptureConfig | None = None,
     ):
         self.model = model
-        self.hook_names = validate_hook_names(model, hook_names)
+        self.hook_names = check_residual_hooks(model, hook_names)
         if tuple(self.hook_names) != buffer.hook_names:
             raise ValueError(
                 f"buffer holds hooks {list(buffer.hook_names)} but capture was asked for "
@@ -146,6 +147,13 @@ class ActivationCapture:
             return None
         acts = [self._pending[name] for name in self.hook_names]
         self._pending.clear()
+        if any(a.ndim != 3 or a.shape[-1] != self.buffer.d_model for a in acts):
+            shapes = {name: tuple(a.shape) for name, a in zip(self.hook_names, acts, strict=True)}
+            raise ValueError(
+                f"capture needs [batch, pos, d_model={self.buffer.d_model}] activations, but the "
+                f"hooks gave {shapes}; capture a residual-stream hook such as "
+                "'blocks.0.hook_resid_post'."
+            )
         batch, pos, d_model = acts[0].shape
         if len(acts) == 1:
             rows = acts[0].reshape(batch * pos, 1, d_model)
@@ -223,9 +231,9 @@ def fill_buffer(
     existing :class:`ActivationCapture` (and its outlier statistics), e.g. when refilling.
     Returns the buffer; raises if the source runs dry before anything was captured.
     """
-    hook_names = validate_hook_names(model, hook_names)
-    if n_activations < 1:
-        raise ValueError(f"n_activations must be >= 1, got {n_activations}.")
+    hook_names = check_residual_hooks(model, hook_names)
+    check_int("n_activations", n_activations, minimum=1)
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if buffer is None:
         d_model = getattr(getattr(model, "cfg", None), "d_model", None)
         if d_model is None:
@@ -251,7 +259,8 @@ def fill_buffer(
     upper_bound = start
     bar = tqdm(total=n_activations, desc="capture", unit="act", disable=not progress)
     with torch.inference_mode(), capture.attach():
-        for tokens in _token_batches(source):
+        for index, tokens in enumerate(_token_batches(source)):
+            _check_token_ids(tokens, d_vocab, index)
             model(tokens.to(device, non_blocking=True), **forward_kwargs)
             upper_bound += tokens.shape[0] * (tokens.shape[1] - 1)
             if upper_bound >= target:
@@ -268,6 +277,24 @@ def fill_buffer(
             "The source yielded no capturable tokens (empty, or every position excluded)."
         )
     return buffer
+
+
+def _check_token_ids(tokens: Int[Tensor, "batch ctx"], d_vocab: int | None, index: int) -> None:
+    """Refuse token ids outside ``[0, d_vocab)`` before the embedding fails on them.
+
+    Host tensors (every ``TokenSource`` batch) are checked before they move, at no device cost; a
+    batch already on the device is checked once, on the first batch, to keep capture sync-free.
+    """
+    if d_vocab is None or tokens.numel() == 0 or (tokens.device.type != "cpu" and index > 0):
+        return
+    low, high = (int(v) for v in torch.aminmax(tokens))
+    if low < 0 or high >= d_vocab:
+        bad = low if low < 0 else high
+        raise ValueError(
+            f"batch {index} of the source holds token id {bad}, outside the model's vocabulary "
+            f"[0, {d_vocab}); the tokens were made by another tokenizer than the model's. "
+            "Tokenize with model.tokenizer (or pass text, e.g. --text-file, to the command line)."
+        )
 
 
 def _accepts_stop_at_layer(model: torch.nn.Module) -> bool:
