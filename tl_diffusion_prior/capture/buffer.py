@@ -18,6 +18,7 @@ from torch import Tensor
 
 from tl_diffusion_prior.constants import FORMAT_VERSION
 from tl_diffusion_prior.core.moments import RunningMoments
+from tl_diffusion_prior.core.resources import check_fits_in_memory, tensor_bytes
 from tl_diffusion_prior.core.serialization import atomic_save_safetensors, load_safetensors
 from tl_diffusion_prior.core.validation import check_int
 
@@ -59,6 +60,14 @@ class ActivationRingBuffer:
         self.hook_names = tuple(hook_names)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.dtype = dtype
+        shape = (capacity + 1, self.n_hooks, d_model)
+        check_fits_in_memory(  # a clear error, not an attempted allocation of what cannot fit
+            tensor_bytes(shape, dtype),
+            self.device,
+            f"An ActivationRingBuffer of capacity {capacity:,} x {self.n_hooks} hook(s) x "
+            f"d_model {d_model} ({dtype})",
+            "lower the capacity (--n-activations on the command line) or store bfloat16 (--dtype)",
+        )
         # One spare row at index `capacity` receives every rejected row of a scatter.
         self._storage = torch.zeros(
             capacity + 1, self.n_hooks, d_model, dtype=dtype, device=self.device

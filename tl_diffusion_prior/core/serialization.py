@@ -92,8 +92,24 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """The JSON document at ``path``; a damaged file is an error that names it."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(
+            f"{os.fspath(path)} is not UTF-8 JSON ({error.reason} at byte {error.start}): it is "
+            "damaged or not a file this package wrote. Save it again, or restore it from a copy."
+        ) from error
+    except json.JSONDecodeError as error:
+        # Still a JSONDecodeError (callers may catch that), with the path and the fix in front.
+        raise json.JSONDecodeError(
+            f"{os.fspath(path)} is not valid JSON (damaged, cut short, or not a file this package "
+            f"wrote; save it again, or restore it from a copy): {error.msg}",
+            error.doc,
+            error.pos,
+        ) from error
 
 
 def atomic_save_safetensors(
@@ -124,7 +140,14 @@ def load_safetensors(
 ) -> dict[str, Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"No safetensors file at {path!s}.")
-    return load_file(str(path), device=str(device))
+    try:
+        return load_file(str(path), device=str(device))
+    except SafetensorError as error:
+        raise ValueError(
+            f"{path!s} is not a readable safetensors file ({error}): it is damaged (e.g. cut "
+            "short by an interrupted copy) or not a safetensors file. Save it again, or restore it "
+            "from a copy."
+        ) from error
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str] | None:
