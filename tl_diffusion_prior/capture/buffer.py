@@ -4,6 +4,12 @@ Capture writes every forward pass straight into one tensor allocated once, ``[ca
 d_model]``. The write pointer and every counter are device tensors and rows are selected with masks
 and a scatter, never with boolean indexing or ``.item()``, so ``push`` never waits for the device.
 Rows that are masked out (or non-finite) are scattered into one spare "trash" row past the end.
+
+A saved buffer is one safetensors file whose header metadata also records the sha256 of each
+tensor's bytes and where the rows came from (``provenance``: the model's name and weight
+fingerprint, :func:`~tl_diffusion_prior.data.fingerprint.model_fingerprint`). Loading (``load``,
+and ``load_state_dict`` from a checkpoint) refuses a file whose bytes changed, rows holding NaN/inf
+and counters no buffer of this capacity can reach, each with an error naming the file.
 """
 
 from __future__ import annotations
@@ -16,13 +22,26 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_diffusion_prior.constants import FORMAT_VERSION
+from tl_diffusion_prior.constants import (
+    BUFFER_SHA256_KEY,
+    FORMAT_VERSION,
+    MODEL_FINGERPRINT_KEY,
+    MODEL_NAME_KEY,
+)
+from tl_diffusion_prior.core.integrity import (
+    CorruptFileError,
+    tensor_sha256,
+    verify_tensor_sha256,
+)
 from tl_diffusion_prior.core.moments import RunningMoments
 from tl_diffusion_prior.core.resources import check_fits_in_memory, tensor_bytes
 from tl_diffusion_prior.core.serialization import atomic_save_safetensors, load_safetensors
 from tl_diffusion_prior.core.validation import check_int
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
+# What ``provenance`` may record, saved as metadata of the same names.
+PROVENANCE_KEYS = (MODEL_NAME_KEY, MODEL_FINGERPRINT_KEY)
+_COUNTERS = ("write_ptr", "n_written", "n_dropped_nonfinite", "n_masked")
 
 
 class ActivationRingBuffer:
@@ -78,6 +97,8 @@ class ActivationRingBuffer:
         self._n_masked = torch.zeros((), dtype=torch.long, device=self.device)
         self.moments = RunningMoments((self.n_hooks, d_model), device=self.device)
         self._known_nonempty = False
+        # Where the rows came from (PROVENANCE_KEYS -> str), set by capture and saved with them.
+        self.provenance: dict[str, str] = {}
 
     @property
     def n_hooks(self) -> int:
@@ -228,18 +249,79 @@ class ActivationRingBuffer:
         state.update(self.moments.state_dict(prefix="moments."))
         return state
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, Tensor], source: str = "The saved buffer") -> None:
+        """Restore what :meth:`state_dict` returned, after checking it (see :meth:`check_state`).
+
+        ``source`` names where ``state`` came from in the errors (a file, a checkpoint).
+        """
+        self.check_state(state, source)
+        self._storage[: self.capacity].copy_(state["storage"].to(self.device, self.dtype))
+        for name in _COUNTERS:
+            setattr(self, f"_{name}", state[name].to(self.device, torch.long).clone())
+        self.moments.load_state_dict(state, prefix="moments.")
+        self._known_nonempty = False
+
+    def check_state(self, state: dict[str, Tensor], source: str = "The saved buffer") -> None:
+        """Refuse a state this buffer could not have written (synchronises once per check).
+
+        Raises:
+            ValueError: missing tensors or another shape (capacity, hooks, width).
+            CorruptFileError: NaN/inf rows or statistics, or impossible counters (negative, a
+                write pointer that does not follow from the number of rows written, moments
+                over another number of rows).
+        """
+        missing = sorted({"storage", *_COUNTERS, *self.moments.state_dict("moments.")} - set(state))
+        if missing:
+            raise ValueError(f"{source} lacks {missing}; it was not written by a buffer's save.")
         storage = state["storage"]
         expected = (self.capacity, self.n_hooks, self.d_model)
         if tuple(storage.shape) != expected:
             raise ValueError(
-                f"Saved buffer has shape {tuple(storage.shape)}, this buffer is {expected}."
+                f"{source} has shape {tuple(storage.shape)} (capacity, n_hooks, d_model), this "
+                f"buffer is {expected}; load it into a buffer of that capacity and width."
             )
-        self._storage[: self.capacity].copy_(storage.to(self.device, self.dtype))
-        for name in ("write_ptr", "n_written", "n_dropped_nonfinite", "n_masked"):
-            setattr(self, f"_{name}", state[name].to(self.device, torch.long).clone())
-        self.moments.load_state_dict(state, prefix="moments.")
-        self._known_nonempty = False
+        counters = {}
+        for name in _COUNTERS:
+            value = state[name]
+            if value.numel() != 1 or value.is_floating_point() or value.is_complex():
+                raise CorruptFileError(
+                    f"{source}: counter {name!r} must be one integer, got {value.dtype} "
+                    f"{tuple(value.shape)}; the file is damaged."
+                )
+            counters[name] = int(value)
+        self._check_counters(counters, float(state["moments.count"]), source)
+        bad = ~torch.isfinite(storage).flatten(1).all(dim=1)
+        if bool(bad.any()):
+            raise CorruptFileError(
+                f"{source} holds {int(bad.sum())} row(s) with NaN/inf (first: row "
+                f"{int(bad.nonzero()[0])}); capture never stores such rows, so the file is "
+                "damaged. Capture the buffer again."
+            )
+        mean, m2 = state["moments.mean"], state["moments.m2"]
+        if not bool(torch.isfinite(mean).all() & torch.isfinite(m2).all() & (m2 >= 0).all()):
+            raise CorruptFileError(
+                f"{source}: the running statistics (moments.mean, moments.m2) hold NaN/inf or "
+                "negative sums of squares; the file is damaged. Capture the buffer again."
+            )
+
+    def _check_counters(self, counters: dict[str, int], moment_count: float, source: str) -> None:
+        negative = sorted(k for k, v in counters.items() if v < 0)
+        written, pointer = counters["n_written"], counters["write_ptr"]
+        problem = None
+        if negative:
+            problem = f"negative counters {negative}"
+        elif pointer != written % self.capacity:
+            problem = (
+                f"write_ptr={pointer}, but {written} rows written into capacity {self.capacity} "
+                f"put it at {written % self.capacity}"
+            )
+        elif moment_count != written:
+            problem = f"statistics over {moment_count:g} rows, but n_written={written}"
+        if problem is not None:
+            raise CorruptFileError(
+                f"{source} has impossible counters ({problem}); the file is damaged or was edited. "
+                "Capture the buffer again."
+            )
 
     def save(self, path: str | os.PathLike) -> None:
         """Write contents, pointer and statistics to one safetensors file, atomically."""
@@ -247,13 +329,29 @@ class ActivationRingBuffer:
             "format_version": str(FORMAT_VERSION),
             "hook_names": json.dumps(list(self.hook_names)),
             "dtype": str(self.dtype).removeprefix("torch."),
+            **self.provenance,
         }
-        atomic_save_safetensors(path, self.state_dict(), metadata=metadata)
+        state = self.state_dict()
+        metadata[BUFFER_SHA256_KEY] = json.dumps(tensor_sha256(state))
+        atomic_save_safetensors(path, state, metadata=metadata)
 
     @classmethod
     def load(
-        cls, path: str | os.PathLike, device: torch.device | str | None = None
+        cls,
+        path: str | os.PathLike,
+        device: torch.device | str | None = None,
+        *,
+        verify: bool = True,
     ) -> ActivationRingBuffer:
+        """Read a buffer written by :meth:`save`, checked (see the module docstring).
+
+        ``verify`` compares each tensor with the sha256 its file recorded (False skips hashing,
+        for speed; files written before checksums existed are never hashed). Rows and counters
+        are checked either way.
+
+        Raises:
+            CorruptFileError: (a ``ValueError``) changed bytes, NaN/inf rows, impossible counters.
+        """
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -264,6 +362,10 @@ class ActivationRingBuffer:
                 f"{metadata['format_version']}); upgrade the package to load it."
             )
         state = load_safetensors(path)
+        if verify and BUFFER_SHA256_KEY in metadata:
+            verify_tensor_sha256(state, _json_object(metadata, BUFFER_SHA256_KEY, path), path)
+        if "storage" not in state or state["storage"].ndim != 3:
+            raise ValueError(f"{path} holds no [capacity, n_hooks, d_model] buffer storage.")
         capacity, n_hooks, d_model = state["storage"].shape
         buffer = cls(
             capacity=capacity,
@@ -272,7 +374,8 @@ class ActivationRingBuffer:
             device=device,
             dtype=getattr(torch, metadata.get("dtype", "float32")),
         )
-        buffer.load_state_dict(state)
+        buffer.load_state_dict(state, source=str(path))
+        buffer.provenance = {k: metadata[k] for k in PROVENANCE_KEYS if metadata.get(k)}
         return buffer
 
     def __repr__(self) -> str:
@@ -280,3 +383,15 @@ class ActivationRingBuffer:
             f"ActivationRingBuffer(capacity={self.capacity}, hooks={list(self.hook_names)}, "
             f"d_model={self.d_model}, dtype={self.dtype}, device={self.device})"
         )
+
+
+def _json_object(metadata: dict[str, str], key: str, path: str | os.PathLike) -> dict:
+    try:
+        value = json.loads(metadata[key])
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise CorruptFileError(
+            f"{path}: the header's {key!r} entry is not a JSON object; the file is damaged."
+        )
+    return value
