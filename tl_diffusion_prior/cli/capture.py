@@ -14,13 +14,21 @@ from tl_diffusion_prior.capture import (
     fill_buffer,
     model_device,
 )
-from tl_diffusion_prior.cli.common import build_token_source, describe_capture
+from tl_diffusion_prior.cli.common import build_token_source, describe_capture, is_buffer_file
 from tl_diffusion_prior.constants import DEFAULT_HOOK
+from tl_diffusion_prior.core.paths import check_output_file
 from tl_diffusion_prior.data import models
 
 
 def run_capture(args: argparse.Namespace) -> int:
     """Run ``tl-diffusion-prior capture`` with parsed ``args``."""
+    # Before the model loads: a bad --out must not cost a whole capture.
+    check_output_file(
+        args.out,
+        overwrite=args.overwrite,
+        what="--out (the buffer file)",
+        is_ours=is_buffer_file,
+    )
     model = models.load_model(args.model, device=args.device)
     hooks = args.hook or [DEFAULT_HOOK]
     source = build_token_source(args, model.tokenizer)

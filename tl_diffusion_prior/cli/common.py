@@ -3,14 +3,61 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from tl_diffusion_prior.capture import ActivationCapture
-from tl_diffusion_prior.constants import DEFAULT_HOOK, DEFAULT_MODEL_NAME
+from tl_diffusion_prior.constants import (
+    BASELINES_DIRNAME,
+    CHECKSUMS_NAME,
+    DEFAULT_HOOK,
+    DEFAULT_MODEL_NAME,
+    LOSS_CSV_NAME,
+    LOSS_PNG_NAME,
+    PLOTS_DIRNAME,
+    REPORT_JSON_NAME,
+    REPORT_MD_NAME,
+    STEER_VECTORS_NAME,
+    TRAINING_RECORD_NAME,
+)
+from tl_diffusion_prior.core.paths import holds_only, is_pretrained_dir
+from tl_diffusion_prior.core.serialization import safetensors_metadata
 from tl_diffusion_prior.data import (
     corpus_token_source,
     hf_dataset_token_source,
     text_file_token_source,
 )
+from tl_diffusion_prior.priors import PRIOR_REGISTRY
+
+# What an eval report folder holds (evaluate.report.write_report and the saved baselines).
+REPORT_NAMES = frozenset(
+    {REPORT_JSON_NAME, REPORT_MD_NAME, STEER_VECTORS_NAME, PLOTS_DIRNAME, BASELINES_DIRNAME}
+)
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} already at --out (anything else there is never replaced); the old "
+        "one is kept until the new one is complete",
+    )
+
+
+def is_prior_dir(path: Path) -> bool:
+    """Whether ``path`` is a prior saved by ``train`` (or ``save_pretrained``) and nothing else."""
+    extra = (TRAINING_RECORD_NAME, CHECKSUMS_NAME, LOSS_CSV_NAME, LOSS_PNG_NAME)
+    return is_pretrained_dir(path, "architecture", PRIOR_REGISTRY, extra)
+
+
+def is_buffer_file(path: Path) -> bool:
+    """Whether ``path`` is a ring buffer saved by ``capture`` (``ActivationRingBuffer.save``)."""
+    metadata = safetensors_metadata(path)
+    return metadata is not None and {"format_version", "hook_names"} <= set(metadata)
+
+
+def is_report_dir(path: Path) -> bool:
+    """Whether ``path`` holds an eval report (or the baselines an unfinished eval saved) only."""
+    return holds_only(path, REPORT_NAMES)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +83,7 @@ def add_capture_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--outlier-multiple", type=float, default=5.0)
     parser.add_argument("--out", required=True, help="where to write the buffer (.safetensors)")
+    add_overwrite_argument(parser, "a buffer")
 
 
 def build_token_source(args, tokenizer, rank: int = 0, world_size: int = 1):

@@ -4,6 +4,11 @@ Each stage is a function of :mod:`tl_diffusion_prior.recipes`, which the tutoria
 default scale is sized for ~15 minutes on a 2-core CPU; ``--long`` trains on more data for longer;
 ``--quick`` (or the environment variable ``TL_DIFFUSION_PRIOR_QUICK=1``) shrinks everything to a
 smoke test.
+
+``--out`` (default ``reports/demo``) is checked before the model loads: a file, the current
+directory, or an existing non-empty folder that is not a demo report is refused; a previous demo
+report there is replaced only with ``--overwrite``, and is set aside under a hidden name until the
+new one is complete (and put back if the run fails).
 """
 
 from __future__ import annotations
@@ -14,9 +19,15 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from tl_diffusion_prior.cli.common import describe_capture
+from tl_diffusion_prior.cli.common import REPORT_NAMES, add_overwrite_argument, describe_capture
 from tl_diffusion_prior.cli.steer import print_comparison
-from tl_diffusion_prior.constants import DEFAULT_HOOK, DEMO_SUMMARY_NAME, PRIORS_DIRNAME
+from tl_diffusion_prior.constants import (
+    DEFAULT_HOOK,
+    DEMO_SUMMARY_NAME,
+    PRIORS_DIRNAME,
+    RUNS_DIRNAME,
+)
+from tl_diffusion_prior.core.paths import check_output_dir, holds_only, set_aside
 from tl_diffusion_prior.core.serialization import atomic_write_text
 from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.priors import load_prior
@@ -62,13 +73,33 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument("--quick", action="store_true", help="a small smoke test (a few minutes)")
     size.add_argument("--long", action="store_true", help="more data and training (~1 hour)")
     parser.add_argument("--out", default="reports/demo", help="report folder")
+    add_overwrite_argument(parser, "a demo report")
     parser.add_argument("--device", default=None)
+
+
+# What a demo report folder holds: an eval report plus the training runs, priors and summary.
+DEMO_NAMES = REPORT_NAMES | {RUNS_DIRNAME, PRIORS_DIRNAME, DEMO_SUMMARY_NAME}
+
+
+def is_demo_dir(path: Path) -> bool:
+    return holds_only(path, DEMO_NAMES)
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run ``tl-diffusion-prior demo``: every stage on the default model, then the report."""
     scale = SCALES["quick" if args.quick or is_quick() else "long" if args.long else "default"]
-    out = Path(args.out)
+    # Before the model loads: a bad --out must not cost the whole demo.
+    out = check_output_dir(
+        args.out,
+        overwrite=args.overwrite,
+        what="--out (the demo's report folder)",
+        is_ours=is_demo_dir,
+    )
+    with set_aside(out):
+        return _run_stages(args, scale, out)
+
+
+def _run_stages(args: argparse.Namespace, scale: DemoScale, out: Path) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     summary: dict = {"scale": asdict(scale)}

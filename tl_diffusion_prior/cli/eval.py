@@ -5,7 +5,12 @@
 Loads the model the priors name (``offline_model.load_model``), captures training activations from
 the corpus's train split to fit the baselines (or reuses ``--buffer`` / ``--baselines``), measures
 everything on the corpus's held-out split and on pydoc topics, and writes ``report.json``,
-``report.md``, ``plots/`` and the fitted baselines (``baselines/``) under ``--out``.
+``report.md``, ``plots/`` and the baselines (``baselines/``) under ``--out``.
+
+``--out`` is checked before anything loads: a file, the current directory, or an existing non-empty
+folder that is not a report folder is refused; a previous report there is replaced only with
+``--overwrite``. It is then set aside under a hidden name until the new report is complete (and put
+back if the run fails).
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import argparse
 import json
 from pathlib import Path
 
+from tl_diffusion_prior.cli.common import add_overwrite_argument, is_report_dir
 from tl_diffusion_prior.constants import BASELINES_DIRNAME, REPORT_MD_NAME
+from tl_diffusion_prior.core.paths import check_output_dir, set_aside
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 
 
@@ -28,6 +35,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="a prior saved with save_pretrained; repeat for several",
     )
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
+    add_overwrite_argument(parser, "a report")
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -87,6 +95,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
     from tl_diffusion_prior.priors import load_prior
 
+    # Before anything loads: a bad --out must not cost a whole evaluation.
+    out = check_output_dir(
+        args.out,
+        overwrite=args.overwrite,
+        what="--out (the report folder)",
+        is_ours=is_report_dir,
+    )
     settings = _settings(args)
     priors = [load_prior(path, device=args.device) for path in args.prior]
     hook_name, model_name = priors[0].config.hook_name, priors[0].config.model_name
@@ -127,19 +142,22 @@ def run_eval(args: argparse.Namespace) -> int:
             model_name=model_name,
             progress=True,
         )
-        # Saved so that later runs can skip the SAE training (--baselines).
-        baselines.save(Path(args.out) / BASELINES_DIRNAME)
-    report = run_evaluation(
-        model,
-        priors,
-        train,
-        settings,
-        prior_dirs=args.prior,
-        baselines=baselines,
-        hook_name=hook_name,
-        model_name=model_name,
-    )
-    written = write_report(report, args.out)
-    print((Path(args.out) / REPORT_MD_NAME).read_text().split("## Held-out data")[0])
+    # Set aside only now: --buffer and --baselines may lie in the previous report folder.
+    with set_aside(out):
+        # Saved (also when loaded: the previous folder may have held them) so that later runs can
+        # skip the SAE training (--baselines).
+        baselines.save(out / BASELINES_DIRNAME)
+        report = run_evaluation(
+            model,
+            priors,
+            train,
+            settings,
+            prior_dirs=args.prior,
+            baselines=baselines,
+            hook_name=hook_name,
+            model_name=model_name,
+        )
+        written = write_report(report, out)
+    print((out / REPORT_MD_NAME).read_text().split("## Held-out data")[0])
     print(f"report written to {written['json'].parent}")
     return 0

@@ -9,6 +9,12 @@ tokens every ``--refill-every`` steps), and writes the prior with ``save_pretrai
 its loss curve. Checkpoints go to ``--checkpoint-dir`` (default ``<out>.checkpoints``, a sibling,
 since saving replaces ``--out`` whole); ``--resume`` continues from the latest one.
 
+``--out`` is checked before anything loads: an existing, non-empty ``--out`` that is not a saved
+prior is refused, and a saved prior there is replaced (atomically, once the new one is complete)
+only with ``--overwrite``, or with ``--resume`` when a checkpoint is resumed (the run being
+continued wrote it). The checkpoint directory must be new, empty or hold only checkpoints and loss
+curves.
+
 Under ``torchrun --nproc_per_node N -m tl_diffusion_prior.cli.main train ...`` every rank captures
 its own shard of the corpus; normalisation statistics, gradients and losses are reduced across
 ranks.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -33,6 +40,7 @@ from tl_diffusion_prior.capture import (
     fill_buffer,
     make_refill,
 )
+from tl_diffusion_prior.cli.common import add_overwrite_argument, is_prior_dir
 from tl_diffusion_prior.constants import (
     DEFAULT_HOOK,
     DEFAULT_MODEL_NAME,
@@ -40,6 +48,8 @@ from tl_diffusion_prior.constants import (
     LOSS_PNG_NAME,
 )
 from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.core.paths import check_not_inside, check_output_dir
+from tl_diffusion_prior.core.serialization import atomic_directory
 from tl_diffusion_prior.data import TokenSource, models
 from tl_diffusion_prior.data.corpus import corpus_sources
 from tl_diffusion_prior.data.sources import corpus_token_source
@@ -56,6 +66,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="TransformerLens model name")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--out", required=True, help="directory the trained prior is saved to")
+    add_overwrite_argument(parser, "a prior")
     parser.add_argument(
         "--preset",
         choices=sorted(TRAIN_PRESETS),
@@ -236,21 +247,70 @@ def _provenance(args: argparse.Namespace, captured: _Captured) -> dict[str, Any]
 def _checkpoint_dir(args: argparse.Namespace) -> str:
     """``--checkpoint-dir``, by default a sibling of ``--out`` (saving replaces ``--out`` whole)."""
     out = Path(args.out)
+    if out.name in ("", ".", ".."):
+        out = out.resolve()  # "--out ." has no name to add a suffix to (and is refused later)
     return args.checkpoint_dir or str(out.with_name(out.name + ".checkpoints"))
+
+
+# What a checkpoint directory may hold: checkpoints, the loss curve, and the hidden temporary
+# entries an interrupted save leaves (``.step_*.tmp``, ``.loss.csv.*.tmp``, ``.*.old``).
+_CHECKPOINT_ENTRY = re.compile(
+    rf"^(step_\d+|{re.escape(LOSS_CSV_NAME)}|{re.escape(LOSS_PNG_NAME)}|\..+\.(tmp|old))$"
+)
+
+
+def _is_checkpoint_dir(path: Path) -> bool:
+    return all(_CHECKPOINT_ENTRY.match(child.name) for child in path.iterdir())
+
+
+def check_train_outputs(args: argparse.Namespace) -> tuple[Path, str, bool]:
+    """Check ``--out`` and the checkpoint directory before anything loads.
+
+    Returns ``(out, checkpoint_dir, resuming)``; ``resuming`` is whether a checkpoint will be
+    resumed. Raises ValueError for every case :func:`check_output_dir` refuses, a checkpoint
+    directory inside ``--out`` (replacing ``--out`` would delete it) and existing checkpoints
+    without ``--resume``.
+    """
+    checkpoint_dir = _checkpoint_dir(args)
+    check_output_dir(
+        checkpoint_dir,
+        overwrite=True,  # checkpoints are never replaced: the check below needs --resume
+        what="--checkpoint-dir (training checkpoints)",
+        is_ours=_is_checkpoint_dir,
+    )
+    has_checkpoints = latest_checkpoint(checkpoint_dir) is not None
+    if not args.resume and has_checkpoints:
+        raise ValueError(
+            f"{checkpoint_dir} already holds checkpoints; pass --resume to continue that run, or "
+            "choose another --out / --checkpoint-dir."
+        )
+    resuming = bool(args.resume) and has_checkpoints
+    out = check_output_dir(
+        args.out,
+        # The prior at --out is the result of the run being resumed.
+        overwrite=args.overwrite or resuming,
+        what="--out (the prior directory)",
+        is_ours=is_prior_dir,
+    )
+    check_not_inside(checkpoint_dir, out, "--checkpoint-dir")
+    return out, checkpoint_dir, resuming
+
+
+def _save_prior(prior: Any, out: Path, checkpoint_dir: str) -> None:
+    """Save the prior and its loss curve to ``out`` as one atomic replacement."""
+    with atomic_directory(out) as tmp:
+        prior.save_pretrained(tmp)
+        for name in (LOSS_CSV_NAME, LOSS_PNG_NAME):
+            if (Path(checkpoint_dir) / name).is_file():
+                shutil.copy2(Path(checkpoint_dir) / name, tmp / name)
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Capture, train and save; returns the process exit code."""
     if args.prior not in PRIOR_REGISTRY:
         raise ValueError(f"--prior must be one of {sorted(PRIOR_REGISTRY)}, got {args.prior!r}.")
-    out, checkpoint_dir = Path(args.out), _checkpoint_dir(args)
+    out, checkpoint_dir, resuming = check_train_outputs(args)
     config = build_train_config(args, checkpoint_dir)
-    resuming = args.resume and latest_checkpoint(checkpoint_dir) is not None
-    if not args.resume and latest_checkpoint(checkpoint_dir) is not None:
-        raise ValueError(
-            f"{checkpoint_dir} already holds checkpoints; pass --resume to continue that run, or "
-            "choose another --out / --checkpoint-dir."
-        )
     env = distributed.init_from_env(args.device)
     say = print if env.is_main else (lambda *a, **k: None)
     try:
@@ -282,10 +342,7 @@ def run_train(args: argparse.Namespace) -> int:
             provenance=_provenance(args, captured),
         )
         if env.is_main:
-            prior.save_pretrained(out)
-            for name in (LOSS_CSV_NAME, LOSS_PNG_NAME):
-                if (Path(checkpoint_dir) / name).is_file():
-                    shutil.copy2(Path(checkpoint_dir) / name, out / name)
+            _save_prior(prior, out, checkpoint_dir)
         say(
             f"{result.stopped_reason} after {result.steps} steps ({result.elapsed_s:.0f} s, "
             f"{result.samples_per_s:,.0f} samples/s): val loss {result.initial_val_loss:.4f} "
