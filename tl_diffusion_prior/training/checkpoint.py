@@ -9,8 +9,10 @@ A checkpoint is a directory ``<run_dir>/step_<step>/``::
 
 Every rank writes its own ``rank_<r>`` files (each rank samples its own buffer from its own shard of
 the corpus), rank 0 writes the shared files, and the directory only appears under its final name,
-by one ``os.replace``, once everything is on disk: a crash at any point leaves the previous
-checkpoint as the latest complete one. Ranks must share a filesystem (always true on one node).
+by one rename (:func:`~tl_diffusion_prior.core.serialization.replace_dir`, an atomic exchange when
+that step was saved before), once every file is flushed to disk: a crash at any point leaves the
+previous checkpoint as the latest complete one. Ranks must share a filesystem (always true on one
+node).
 """
 
 from __future__ import annotations
