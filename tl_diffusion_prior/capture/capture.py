@@ -257,8 +257,9 @@ def fill_buffer(
     target = start + n_activations
     # Counting kept rows needs a sync; an upper bound counted on the host avoids one per batch.
     upper_bound = start
+    # The bar is closed on an error too, so an error message starts on a line of its own.
     bar = tqdm(total=n_activations, desc="capture", unit="act", disable=not progress)
-    with torch.inference_mode(), capture.attach():
+    with bar, torch.inference_mode(), capture.attach():
         for index, tokens in enumerate(_token_batches(source)):
             _check_token_ids(tokens, d_vocab, index)
             model(tokens.to(device, non_blocking=True), **forward_kwargs)
@@ -271,7 +272,6 @@ def fill_buffer(
                 upper_bound = pushed
             else:
                 bar.update(min(upper_bound, target) - start - bar.n)
-    bar.close()
     if buffer.num_pushed == start:
         raise ValueError(
             "The source yielded no capturable tokens (empty, or every position excluded)."

@@ -46,7 +46,7 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
-from tl_diffusion_prior.capture.hook_names import layer_of, validate_hook_names
+from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering.config import (
     SteeringConfig,
@@ -284,7 +284,7 @@ def _check_host_hook(model: HookedTransformer, hook_name: str) -> int:
         raise TypeError(
             f"model must be a transformer_lens.HookedTransformer, got {type(model).__name__}."
         )
-    validate_hook_names(model, hook_name)
+    check_residual_hooks(model, hook_name)  # refuses hooks that are not [batch, pos, d_model]
     if hook_name.endswith((f".{STEERED_HOOK}", f".{DENOISED_HOOK}")):
         raise ValueError(
             f"{hook_name!r} is a hook point added by steering; steer its host hook instead."
