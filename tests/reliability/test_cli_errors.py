@@ -303,6 +303,19 @@ def test_cli_n_activations_too_large(tmp_path, capsys, cli_model):
     assert exit_info.value.code == USER_ERROR_EXIT
 
 
+def test_cli_refuses_a_buffer_the_disk_cannot_hold_before_capturing(
+    tmp_path, capsys, cli_model, monkeypatch
+):
+    real = resources.shutil.disk_usage
+    monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    forwards = []
+    cli_model.embed.register_forward_pre_hook(lambda *args: forwards.append(1))
+    assert _capture(tmp_path, "--n-activations", "100") == USER_ERROR_EXIT
+    line = _one_error_line(capsys)
+    assert "buffer.safetensors needs about 25.0 KiB of disk" in line and "1000 B" in line
+    assert not forwards  # refused before capture ran
+
+
 # ---------------------------------------------------------------- damaged files
 
 

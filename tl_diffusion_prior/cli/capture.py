@@ -17,6 +17,7 @@ from tl_diffusion_prior.capture import (
 from tl_diffusion_prior.cli.common import build_token_source, describe_capture, is_buffer_file
 from tl_diffusion_prior.constants import DEFAULT_HOOK
 from tl_diffusion_prior.core.paths import check_output_file
+from tl_diffusion_prior.core.resources import check_fits_on_disk
 from tl_diffusion_prior.data import models
 
 
@@ -38,6 +39,13 @@ def run_capture(args: argparse.Namespace) -> int:
         hooks,
         device=model_device(model),
         dtype=getattr(torch, args.dtype),
+    )
+    # The saved file is about the size of the storage: refuse a disk too small before capturing.
+    check_fits_on_disk(
+        buffer.data.nbytes,
+        args.out,
+        "--out (the buffer file)",
+        "free space or lower --n-activations",
     )
     capture = ActivationCapture(
         model, hooks, buffer, CaptureConfig(outlier_multiple=args.outlier_multiple)
