@@ -345,3 +345,13 @@ def test_the_error_line_is_the_message_itself():
     error = ValueError("n must be >= 1, got 0.")
     assert cli_main.describe_error(error) == "n must be >= 1, got 0."
     assert "ValueError" in cli_main.describe_error(ValueError())
+
+
+def test_a_truncated_buffer_file_names_its_path(tmp_path):
+    path = tmp_path / "buffer.safetensors"
+    buffer = ActivationRingBuffer(4, 8, ["h"])
+    buffer.push(torch.randn(3, 8))
+    buffer.save(path)
+    path.write_bytes(path.read_bytes()[:40])  # cut inside the header
+    with pytest.raises(ValueError, match=r"buffer.safetensors is not a readable safetensors"):
+        ActivationRingBuffer.load(path)

@@ -35,7 +35,11 @@ from tl_diffusion_prior.core.integrity import (
 )
 from tl_diffusion_prior.core.moments import RunningMoments
 from tl_diffusion_prior.core.resources import check_fits_in_memory, tensor_bytes
-from tl_diffusion_prior.core.serialization import atomic_save_safetensors, load_safetensors
+from tl_diffusion_prior.core.serialization import (
+    atomic_save_safetensors,
+    load_safetensors,
+    read_safetensors_metadata,
+)
 from tl_diffusion_prior.core.validation import check_int
 
 STORAGE_DTYPES = (torch.float32, torch.bfloat16)
@@ -352,10 +356,7 @@ class ActivationRingBuffer:
         Raises:
             CorruptFileError: (a ``ValueError``) changed bytes, NaN/inf rows, impossible counters.
         """
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        metadata = read_safetensors_metadata(path)  # names the file if it is damaged
         if int(metadata.get("format_version", -1)) > FORMAT_VERSION:
             raise ValueError(
                 f"{path} was written by a newer tl-diffusion-prior (format "

@@ -135,6 +135,13 @@ def atomic_save_safetensors(
         tmp.unlink(missing_ok=True)
 
 
+def _damaged_safetensors(path: str | os.PathLike, error: Exception) -> ValueError:
+    return ValueError(
+        f"{path!s} is not a readable safetensors file ({error}): it is damaged (e.g. cut short by "
+        "an interrupted copy) or not a safetensors file. Save it again, or restore it from a copy."
+    )
+
+
 def load_safetensors(
     path: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> dict[str, Tensor]:
@@ -143,11 +150,19 @@ def load_safetensors(
     try:
         return load_file(str(path), device=str(device))
     except SafetensorError as error:
-        raise ValueError(
-            f"{path!s} is not a readable safetensors file ({error}): it is damaged (e.g. cut "
-            "short by an interrupted copy) or not a safetensors file. Save it again, or restore it "
-            "from a copy."
-        ) from error
+        raise _damaged_safetensors(path, error) from error
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``__metadata__`` of the safetensors file at ``path`` (``{}`` when it has none); a
+    missing or damaged file is an error that names it. Reads the header only."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"No safetensors file at {path!s}.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as error:
+        raise _damaged_safetensors(path, error) from error
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str] | None:
