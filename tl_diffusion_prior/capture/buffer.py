@@ -7,7 +7,7 @@ Rows that are masked out (or non-finite) are scattered into one spare "trash" ro
 
 A saved buffer is one safetensors file whose header metadata also records the sha256 of each
 tensor's bytes and where the rows came from (``provenance``: the model's name and weight
-fingerprint, :func:`~tl_diffusion_prior.data.fingerprint.model_fingerprint`). Loading (``load``,
+fingerprint, :func:`~tl_diffusion_prior.core.fingerprint.model_fingerprint`). Loading (``load``,
 and ``load_state_dict`` from a checkpoint) refuses a file whose bytes changed, rows holding NaN/inf
 and counters no buffer of this capacity can reach, each with an error naming the file.
 """

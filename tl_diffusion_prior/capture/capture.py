@@ -26,6 +26,9 @@ from transformer_lens import HookedRootModule
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks, stop_at_layer
 from tl_diffusion_prior.capture.outlier_filter import OutlierFilter
+from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY, MODEL_NAME_KEY
+from tl_diffusion_prior.core.fingerprint import model_fingerprint
+from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.core.validation import check_int
 
 
@@ -248,6 +251,7 @@ def fill_buffer(
         capture = ActivationCapture(model, hook_names, buffer, config)
     elif capture.buffer is not buffer:
         raise ValueError("capture was built for another buffer; pass the same buffer.")
+    record_source(model, buffer)
     forward_kwargs = {}
     stop = stop_at_layer(hook_names)
     if stop is not None and _accepts_stop_at_layer(model):
@@ -295,6 +299,26 @@ def _check_token_ids(tokens: Int[Tensor, "batch ctx"], d_vocab: int | None, inde
             f"[0, {d_vocab}); the tokens were made by another tokenizer than the model's. "
             "Tokenize with model.tokenizer (or pass text, e.g. --text-file, to the command line)."
         )
+
+
+def record_source(model: torch.nn.Module, buffer: ActivationRingBuffer) -> None:
+    """Record ``model``'s name and weight fingerprint in ``buffer.provenance`` (saved with it).
+
+    A buffer that already holds rows of a model with another fingerprint is refused: its rows
+    would mix two models' activations under one label.
+    """
+    fingerprint = model_fingerprint(model)
+    check_same_source(
+        "Model fingerprint",
+        ("the buffer's rows", buffer.provenance.get(MODEL_FINGERPRINT_KEY)),
+        (f"the model {type(model).__name__}", fingerprint),
+        "Fill a new buffer for this model.",
+    )
+    model_name = getattr(getattr(model, "cfg", None), "model_name", None)
+    if isinstance(model_name, str) and model_name:
+        buffer.provenance[MODEL_NAME_KEY] = model_name
+    if fingerprint:
+        buffer.provenance[MODEL_FINGERPRINT_KEY] = fingerprint
 
 
 def _accepts_stop_at_layer(model: torch.nn.Module) -> bool:

@@ -91,7 +91,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from tl_diffusion_prior.data.models import load_model
     from tl_diffusion_prior.data.sources import corpus_token_source
     from tl_diffusion_prior.evaluate.baselines.base import load_baseline
-    from tl_diffusion_prior.evaluate.plan import Baselines, fit_baselines
+    from tl_diffusion_prior.evaluate.plan import (
+        Baselines,
+        check_baselines,
+        check_priors_match,
+        check_train_source,
+        fit_baselines,
+    )
     from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
     from tl_diffusion_prior.priors import load_prior
 
@@ -112,8 +118,10 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"{model_name!r}; evaluate priors of one model together."
             )
     model = load_model(model_name, device=args.device)
+    fingerprint = check_priors_match(model, priors)
     if args.buffer:
         train = ActivationRingBuffer.load(args.buffer, device=args.device)
+        check_train_source(train, hook_name, model_name, fingerprint)
     else:
         # The same packed batches of the corpus's train split the trainer captures from.
         source = corpus_token_source(
@@ -133,6 +141,7 @@ def run_eval(args: argparse.Namespace) -> int:
                 f"{folder} must hold exactly one gaussian baseline, found {len(gaussians)}."
             )
         baselines = Baselines(gaussians[0], [b for b in loaded if b.config.kind == "topk_sae"])
+        check_baselines(baselines, hook_name, model_name, fingerprint)
     else:
         baselines = fit_baselines(
             train,

@@ -1,5 +1,8 @@
 """A cheap fingerprint of a model's weights, to tell two models with the same name apart.
 
+It lives in ``core`` (it needs only torch) so that priors, which import nothing else, can compute
+it in :meth:`~tl_diffusion_prior.priors.base.DiffusionPrior.check_compatible`.
+
 Priors, buffers, baselines and checkpoints record the ``model_name`` they came from, but a
 fine-tuned or differently converted model can share that name while its activations differ. The
 fingerprint is a short hash of the first row of a few fixed parameters (the first

@@ -5,6 +5,10 @@ the priors' normalised space. ``build_plan`` lists, per condition (reconstructio
 noise of each std, restoration from each steering vector at each scale), every method at every
 setting the settings ask for, as :class:`~tl_diffusion_prior.evaluate.reconstructors.Reconstructor`
 objects, so that the metrics treat priors and baselines alike.
+
+``check_train_source`` and ``check_baselines`` refuse training activations or saved baselines from
+another hook or model than the run's (the priors'), so that nothing is reported under a label it
+does not have; what an old file did not record is not compared.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ from pathlib import Path
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY, MODEL_NAME_KEY
+from tl_diffusion_prior.core.fingerprint import model_fingerprint
+from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.evaluate.baselines.base import activation_rows, fit_normalizer
 from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE
@@ -58,7 +65,12 @@ def fit_baselines(
     progress: bool = False,
 ) -> Baselines:
     """Gaussian/PCA fit and one TopK SAE per ``settings.sae_sizes``, all in the normaliser's space
-    fitted from ``train`` (the buffer's running statistics when ``train`` is a buffer)."""
+    fitted from ``train`` (the buffer's running statistics when ``train`` is a buffer).
+
+    A buffer must hold ``hook_name`` (and ``model_name``'s rows, when both are recorded); its
+    provenance (source model name and weight fingerprint) goes to each baseline's training record.
+    """
+    check_train_source(train, hook_name, model_name)
     normalizer = fit_normalizer(train, eps=norm_eps)
     rows = activation_rows(train, max_rows=settings.max_train_rows)
     gaussian = GaussianBaseline.fit(rows, normalizer, hook_name=hook_name, model_name=model_name)
@@ -75,7 +87,83 @@ def fit_baselines(
         )
         for factor, k in settings.sae_sizes
     ]
+    provenance = train.provenance if isinstance(train, ActivationRingBuffer) else {}
+    for baseline in (gaussian, *saes):
+        if provenance:
+            baseline.record_training({**baseline.training_record, **provenance})
     return Baselines(gaussian, saes)
+
+
+def check_priors_match(model, priors: list[DiffusionPrior]) -> str:
+    """Refuse priors trained on another model's weights than ``model``'s; returns its fingerprint.
+
+    Compared: each prior's recorded source fingerprint with ``model``'s (priors trained before
+    fingerprints were recorded pass).
+    """
+    fingerprint = model_fingerprint(model)
+    for prior in priors:
+        prior.check_compatible(model_fingerprint=fingerprint)
+    return fingerprint
+
+
+def check_train_source(
+    train: ActivationRingBuffer | Tensor,
+    hook_name: str,
+    model_name: str = "",
+    model_fingerprint: str | None = None,
+) -> None:
+    """Refuse a buffer captured at another hook, or from another model, than the run's.
+
+    ``hook_name``/``model_name``/``model_fingerprint`` describe the run (the priors and the
+    model); empty ones, and what the buffer did not record, are not compared. Row tensors carry no
+    provenance and pass.
+    """
+    if not isinstance(train, ActivationRingBuffer):
+        return
+    if hook_name and hook_name not in train.hook_names:
+        raise ValueError(
+            f"The training buffer was captured at {list(train.hook_names)}, but the run evaluates "
+            f"{hook_name!r}; capture a buffer at {hook_name!r} (or leave --buffer out)."
+        )
+    fix = "Capture the training buffer from the run's model (or leave --buffer out)."
+    check_same_source(
+        "Model",
+        ("the training buffer", train.provenance.get(MODEL_NAME_KEY)),
+        ("the run", model_name),
+        fix,
+    )
+    check_same_source(
+        "Model fingerprint",
+        ("the training buffer", train.provenance.get(MODEL_FINGERPRINT_KEY)),
+        ("the run's model", model_fingerprint),
+        fix,
+    )
+
+
+def check_baselines(
+    baselines: Baselines,
+    hook_name: str,
+    model_name: str = "",
+    model_fingerprint: str | None = None,
+) -> None:
+    """Refuse saved baselines fitted at another hook, or on another model, than the run's.
+
+    What a baseline did not record (its optional ``hook_name``/``model_name``, a fingerprint in
+    its training record) is not compared.
+    """
+    for baseline in (baselines.gaussian, *baselines.saes):
+        label = f"the {baseline.config.kind} baseline"
+        fix = "Fit the baselines on this run's hook and model (leave --baselines out)."
+        check_same_source("Hook", (label, baseline.config.hook_name), ("the run", hook_name), fix)
+        check_same_source(
+            "Model", (label, baseline.config.model_name), ("the run", model_name), fix
+        )
+        check_same_source(
+            "Model fingerprint",
+            (label, baseline.training_record.get(MODEL_FINGERPRINT_KEY)),
+            ("the run's model", model_fingerprint),
+            fix,
+        )
 
 
 def resolve_prior_names(priors: list[DiffusionPrior], names: list[str] | None) -> list[str]:

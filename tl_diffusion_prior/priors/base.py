@@ -29,6 +29,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY
+from tl_diffusion_prior.core.fingerprint import model_fingerprint as compute_model_fingerprint
+from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
 from tl_diffusion_prior.core.validation import check_positive_int
 
@@ -275,8 +278,19 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
         hook_name: str | None = None,
         d_model: int | None = None,
         model_name: str | None = None,
+        model_fingerprint: str | None = None,
+        model: nn.Module | None = None,
     ) -> None:
-        """Raise ValueError if the prior was trained for another hook, width or model."""
+        """Raise ValueError if the prior was trained for another hook, width or model.
+
+        ``model_fingerprint`` (:func:`~tl_diffusion_prior.core.fingerprint.model_fingerprint` of
+        the model to use the prior with; ``model`` computes it) is compared with the one the
+        training activations were captured from (``training_record["model_fingerprint"]``): it
+        tells apart two models that share a name. A prior trained before fingerprints were
+        recorded is not compared.
+        """
+        if model is not None and model_fingerprint is None:
+            model_fingerprint = compute_model_fingerprint(model)
         cfg = self.config
         if d_model is not None and d_model != cfg.d_model:
             raise ValueError(
@@ -293,6 +307,19 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
                 f"This prior was trained on {cfg.model_name!r} activations, not {model_name!r}; "
                 "use a prior trained on this model."
             )
+        check_same_source(
+            "Model fingerprint",
+            (f"the prior (trained on {cfg.model_name!r})", self.source_fingerprint),
+            ("the model it is used with", model_fingerprint),
+            "The model's weights differ from those the prior was trained on (another checkpoint "
+            "or fine-tune under the same name); use the same model, or train a prior on this one.",
+        )
+
+    @property
+    def source_fingerprint(self) -> str | None:
+        """The weight fingerprint of the model the training activations came from, if recorded."""
+        value = self.training_record.get(MODEL_FINGERPRINT_KEY)
+        return value if isinstance(value, str) and value else None
 
     # ---------------------------------------------------------------------------- helpers
     def _check_activations(self, x: Any, name: str) -> None:

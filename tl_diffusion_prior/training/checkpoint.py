@@ -338,6 +338,8 @@ def save_training_state(
         "config": config.to_dict(),
         "prior_config": prior.config.to_dict(),
         "optimizer": optimizer_meta,
+        # What the buffer rows are (hooks, source model's name and fingerprint), compared on resume.
+        "buffer": {"hook_names": list(buffer.hook_names), **buffer.provenance},
     }
     if ema is not None:
         ema_state = ema.state_dict()

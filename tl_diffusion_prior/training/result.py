@@ -1,4 +1,4 @@
-"""What a training run did (:class:`TrainResult`) and its record in the prior's config."""
+"""What a training run did (:class:`TrainResult`) and its record in the prior's training record."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def record_provenance(
     hook: int,
     provenance: dict[str, Any] | None,
 ) -> None:
-    """Record what the run did, on what and where (plus ``provenance``) in the prior's config."""
+    """Record what the run did, on what and where (plus ``provenance``) in the prior's
+    ``training_record``, including the buffer's provenance (the source model's name and weight
+    fingerprint, which :meth:`DiffusionPrior.check_compatible` compares)."""
     training = {
         "steps": result.steps,
         "samples_seen": result.samples_seen,
@@ -82,6 +84,8 @@ def record_provenance(
         "device": _describe_device(prior.device),
         "hook": buffer.hook_names[hook],
         "buffer_capacity": buffer.capacity,
+        # The model the rows came from (name, weight fingerprint), compared when the prior is used.
+        **buffer.provenance,
         "train_config": {k: v for k, v in config.to_dict().items() if k != "checkpoint_dir"},
     }
     if provenance:

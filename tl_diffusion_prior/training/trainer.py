@@ -29,7 +29,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY
 from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.training import checkpoint as ckpt
 from tl_diffusion_prior.training.config import TrainConfig
@@ -86,10 +88,13 @@ def train_prior(
 
     Raises:
         NonFiniteLossError: the loss or gradient norm became NaN/inf.
-        ValueError: an empty buffer, mismatched widths or inconsistent resume settings.
+        ValueError: an empty buffer, mismatched widths or inconsistent resume settings, or a
+            checkpoint of another hook, model or set of buffer hooks than ``prior``/``buffer``.
     """
     hook_index = _check_inputs(prior, buffer, config, hook, refill, provenance)
     state = _resume_state(config, resume, buffer)
+    if state is not None:
+        check_resume_source(state, prior, buffer)
     fit_rows = _prepare(prior, buffer, hook_index, config, state)
     run = TrainingRun.build(
         prior,
@@ -150,6 +155,47 @@ def _resume_state(
             "The buffer is empty: fill it first (tl_diffusion_prior.capture.capture.fill_buffer)."
         )
     return None
+
+
+def check_resume_source(
+    state: ckpt.Checkpoint, prior: DiffusionPrior, buffer: ActivationRingBuffer
+) -> None:
+    """Refuse to resume a checkpoint taken on another hook, model or model weights.
+
+    Resuming loads the checkpoint's weights, normaliser and buffer rows, so a prior configured for
+    another hook or model would be saved under a label its weights do not have. Checkpoints that
+    recorded no buffer description (older ones) are compared on the prior's hook and model only.
+    """
+    saved_prior = state.meta.get("prior_config", {})
+    saved_buffer = state.meta.get("buffer", {})
+    where = f"the checkpoint {state.path!s}"
+    check_same_source(
+        "Hook",
+        (where, saved_prior.get("hook_name")),
+        ("this run", prior.config.hook_name),
+        f"Resume with the checkpoint's hook (--hook {saved_prior.get('hook_name')}), or train "
+        "the new hook in another checkpoint directory.",
+    )
+    check_same_source(
+        "Model",
+        (where, saved_prior.get("model_name")),
+        ("this run", prior.config.model_name),
+        "Resume with the checkpoint's model, or train this model in another checkpoint directory.",
+    )
+    saved_hooks = saved_buffer.get("hook_names")
+    check_same_source(
+        "Buffer hooks",
+        (where, None if saved_hooks is None else ", ".join(saved_hooks)),
+        ("this run's buffer", ", ".join(buffer.hook_names)),
+        "Resume with a buffer of the checkpoint's hooks (its rows are restored from it).",
+    )
+    check_same_source(
+        "Model fingerprint",
+        (where, saved_buffer.get(MODEL_FINGERPRINT_KEY)),
+        ("this run's model", buffer.provenance.get(MODEL_FINGERPRINT_KEY)),
+        "The model's weights differ from those of the interrupted run (another checkpoint or "
+        "fine-tune under the same name); resume with the same model or start a new run.",
+    )
 
 
 def _prepare(

@@ -26,6 +26,7 @@ from typing import Any
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
+from tl_diffusion_prior.core.fingerprint import model_fingerprint
 from tl_diffusion_prior.evaluate.baselines.base import Baseline
 from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.data import held_out_windows
@@ -33,6 +34,8 @@ from tl_diffusion_prior.evaluate.fidelity import FidelityResult, TokenSet
 from tl_diffusion_prior.evaluate.plan import (
     Baselines,
     build_plan,
+    check_baselines,
+    check_train_source,
     fit_baselines,
     resolve_prior_names,
 )
@@ -95,6 +98,9 @@ def run_evaluation(
     settings = settings or EvalSettings()
     clock = _Clock()
     run = _check_inputs(model, priors, prior_names, prior_dirs, hook_name, model_name, settings)
+    check_train_source(buffer_or_train_acts, run.hook_name, run.model_name, run.fingerprint)
+    if baselines is not None:
+        check_baselines(baselines, run.hook_name, run.model_name, run.fingerprint)
     if baselines is None:
         log_progress(progress, "fitting baselines")
         baselines = fit_baselines(
@@ -133,6 +139,8 @@ class _Run:
     Attributes:
         priors / names / dirs: The priors, their display names and save directories (or None).
         hook_name / model_name: The hook and model the priors (or the caller) name.
+        fingerprint: The model's weight fingerprint, compared with what the priors, the training
+            buffer and given baselines recorded.
         norm_eps: The epsilon of the baselines' normaliser (the first prior's, else 1e-5).
         settings: What to measure.
     """
@@ -142,6 +150,7 @@ class _Run:
     dirs: list[str | os.PathLike | None]
     hook_name: str
     model_name: str
+    fingerprint: str
     norm_eps: float
     settings: EvalSettings
 
@@ -161,8 +170,11 @@ def _check_inputs(
     model_name = model_name or (priors[0].config.model_name if priors else "")
     if hook_name is None:
         raise ValueError("Pass hook_name= when evaluating without priors.")
+    fingerprint = model_fingerprint(model)
     for prior in priors:
-        prior.check_compatible(hook_name=hook_name, d_model=model.cfg.d_model)
+        prior.check_compatible(
+            hook_name=hook_name, d_model=model.cfg.d_model, model_fingerprint=fingerprint
+        )
     if prior_dirs and len(prior_dirs) != len(priors):
         raise ValueError(
             f"prior_dirs must give one directory per prior ({len(priors)}), got "
@@ -174,6 +186,7 @@ def _check_inputs(
         dirs=list(prior_dirs) if prior_dirs else [None] * len(priors),
         hook_name=hook_name,
         model_name=model_name,
+        fingerprint=fingerprint,
         norm_eps=priors[0].config.norm_eps if priors else 1e-5,
         settings=settings,
     )
