@@ -355,7 +355,10 @@ def attach_steering(
         if not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}.")
         prior.check_compatible(
-            hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
+            hook_name=hook_name,
+            d_model=model.cfg.d_model,
+            model_name=model.cfg.model_name,
+            model=model,
         )
     alpha = _alpha(config, prior)
     resolved_seed = (
