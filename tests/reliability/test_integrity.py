@@ -26,6 +26,7 @@ from tl_diffusion_prior.capture.capture import fill_buffer
 from tl_diffusion_prior.constants import (
     BUFFER_SHA256_KEY,
     CHECKPOINT_META_NAME,
+    CHECKPOINT_STATE_NAME,
     CHECKSUMS_NAME,
     MODEL_FINGERPRINT_KEY,
     WEIGHTS_NAME,
@@ -237,6 +238,14 @@ def test_prior_and_checkpoint_record_the_fingerprint_and_resume_compares_it(tmp_
     buffer.provenance = {MODEL_FINGERPRINT_KEY: "bbbbbbbbbbbbbbbb"}
     with pytest.raises(ValueError, match=r"fingerprint mismatch.*'aaaa.*'bbbb"):
         train_prior(tiny_prior(), buffer, tiny_config(steps=8, checkpoint_dir=tmp_path))
+
+
+def test_flipped_byte_in_a_checkpoint_is_an_error_naming_the_file(tmp_path):
+    train_prior(tiny_prior(), filled_buffer(), tiny_config(steps=4, checkpoint_dir=tmp_path))
+    state_file = latest_checkpoint(tmp_path) / CHECKPOINT_STATE_NAME
+    _flip_low_byte(state_file, next(iter(load_file(state_file))))
+    with pytest.raises(CorruptFileError, match=rf"{CHECKPOINT_STATE_NAME} is corrupt"):
+        train_prior(tiny_prior(), filled_buffer(), tiny_config(steps=8, checkpoint_dir=tmp_path))
 
 
 def test_resuming_with_another_hook_is_an_error_naming_both_hooks(tmp_path):

@@ -5,6 +5,8 @@
   on load. A directory without it (saved before checksums existed) is not checked.
 * A file holding one safetensors state (a buffer) records the sha256 of each tensor's bytes in its
   own header metadata (:func:`tensor_sha256`), so it needs no second file to travel with it.
+* A training checkpoint's JSON files record the sha256 of the safetensors file beside them
+  (:func:`verify_file_sha256` compares it on resume).
 * :func:`check_finite` refuses NaN/inf in loaded weights, naming the tensor and the file.
 * :func:`check_same_source` compares two recorded facts about a file's origin (a hook name, a
   model's weight fingerprint) and names both sides when they differ; an empty side (an old file
@@ -62,18 +64,26 @@ def verify_checksums(directory: str | os.PathLike) -> None:
             "again, or delete that file to load without checking."
         )
     for name, digest in recorded.items():
-        file = directory / name
-        if not file.is_file():
-            raise CorruptFileError(
-                f"{file!s} is missing but {CHECKSUMS_NAME} lists it; the save is incomplete."
-            )
-        found = file_sha256(file)
-        if found != digest:
-            raise CorruptFileError(
-                f"{file!s} is corrupt: its sha256 is {found}, but {CHECKSUMS_NAME} recorded "
-                f"{digest} when it was saved. Restore the file from a copy or save it again "
-                "(verify=False loads it anyway)."
-            )
+        verify_file_sha256(directory / name, digest, CHECKSUMS_NAME)
+
+
+def verify_file_sha256(path: str | os.PathLike, digest: str, recorded_in: str) -> None:
+    """Compare the file at ``path`` with the sha256 ``digest`` that ``recorded_in`` (a file name,
+    for the message) holds for it.
+
+    Raises:
+        CorruptFileError: the file is missing or its bytes changed since it was written.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptFileError(f"{path!s} is missing but {recorded_in} lists it; it is incomplete.")
+    found = file_sha256(path)
+    if found != digest:
+        raise CorruptFileError(
+            f"{path!s} is corrupt: its sha256 is {found}, but {recorded_in} recorded {digest} when "
+            "it was saved. Restore the file from a copy or save it again (verify=False loads it "
+            "anyway)."
+        )
 
 
 def _tensor_bytes(tensor: Tensor) -> memoryview:

@@ -37,6 +37,7 @@ from tl_diffusion_prior.constants import (
     FORMAT_VERSION,
 )
 from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.core.integrity import file_sha256, verify_file_sha256
 from tl_diffusion_prior.core.serialization import (
     atomic_save_safetensors,
     atomic_write_json,
@@ -129,7 +130,8 @@ def save_checkpoint(
     try:
         tensor_name, json_name = _rank_names(rank)
         atomic_save_safetensors(tmp / tensor_name, dict(rank_tensors))
-        atomic_write_json(tmp / json_name, dict(rank_meta))
+        # Each JSON records the sha256 of its safetensors file, compared on load.
+        atomic_write_json(tmp / json_name, {**rank_meta, "sha256": file_sha256(tmp / tensor_name)})
         distributed.barrier()
         if rank == 0:
             atomic_save_safetensors(
@@ -142,6 +144,7 @@ def save_checkpoint(
                 "format_version": FORMAT_VERSION,
                 "step": step,
                 "world_size": distributed.get_world_size(),
+                "sha256": file_sha256(tmp / CHECKPOINT_STATE_NAME),
             }
             # Written last: a directory with this file is complete.
             atomic_write_json(tmp / CHECKPOINT_META_NAME, full_meta)
@@ -159,8 +162,15 @@ def _prune(run_dir: Path, keep_last: int) -> None:
         shutil.rmtree(child, ignore_errors=True)
 
 
-def load_checkpoint(path: str | os.PathLike, rank: int | None = None) -> Checkpoint:
-    """Read a checkpoint directory written by :func:`save_checkpoint` (no unpickling)."""
+def load_checkpoint(
+    path: str | os.PathLike, rank: int | None = None, *, verify: bool = True
+) -> Checkpoint:
+    """Read a checkpoint directory written by :func:`save_checkpoint` (no unpickling).
+
+    ``verify`` compares each safetensors file with the sha256 its JSON recorded (checkpoints
+    written before that are not compared); a changed byte raises
+    :class:`~tl_diffusion_prior.core.integrity.CorruptFileError` naming the file.
+    """
     path = Path(path)
     meta_path = path / CHECKPOINT_META_NAME
     if not meta_path.is_file():
@@ -184,13 +194,23 @@ def load_checkpoint(path: str | os.PathLike, rank: int | None = None) -> Checkpo
             "data position are saved separately)."
         )
     tensor_name, json_name = _rank_names(rank)
+    rank_meta = read_json(path / json_name)
+    # The rank's checksum is the file's, not part of the state it was given to save.
+    recorded = {
+        CHECKPOINT_STATE_NAME: meta.get("sha256"),
+        tensor_name: rank_meta.pop("sha256", None),
+    }
+    if verify:
+        for name, digest in recorded.items():
+            if isinstance(digest, str):
+                verify_file_sha256(path / name, digest, f"the checkpoint's JSON in {path!s}")
     return Checkpoint(
         path=path,
         step=int(meta["step"]),
         tensors=load_safetensors(path / CHECKPOINT_STATE_NAME),
         meta=meta,
         rank_tensors=load_safetensors(path / tensor_name),
-        rank_meta=read_json(path / json_name),
+        rank_meta=rank_meta,
     )
 
 
@@ -397,7 +417,9 @@ def restore_training_state(
         shadow = [v.to(device) for k, v in sorted(state.tensors.items()) if k.startswith("ema/")]
         ema.load_state_dict({**state.meta["ema"], "shadow_params": shadow})
     load_rng_state(generators, state.rank_tensors, state.rank_meta["rng"])
-    buffer.load_state_dict(join_state(state.rank_tensors, {}, "buffer/"))
+    buffer.load_state_dict(
+        join_state(state.rank_tensors, {}, "buffer/"), source=f"The buffer in {state.path!s}"
+    )
     refill_meta = state.rank_meta.get("refill")
     if refill_meta is not None:
         if not hasattr(refill, "load_state_dict"):
