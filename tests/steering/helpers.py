@@ -9,11 +9,13 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from tl_diffusion_prior.priors.base import DiffusionPrior, PriorConfig
-from tl_diffusion_prior.steering.noise import position_noise
+from tl_diffusion_prior.steering.noise import position_noise, prefix_keys
+from tl_diffusion_prior.steering.positions import real_positions
 
 
 class RecordingPrior(DiffusionPrior):
-    """Denoises to ``0.5 z + 0.1 noise`` in normalised space and records every call.
+    """Denoises to ``0.5 z + noise_scale * noise`` (0.1 by default) in normalised space and records
+    every call.
 
     Training is irrelevant to the steering plumbing; this prior is exact, cheap and shows which
     noise (hence which positions) each call received.
@@ -21,7 +23,14 @@ class RecordingPrior(DiffusionPrior):
 
     config_class = PriorConfig
 
-    def __init__(self, d_model: int, hook_name: str, model_name: str, fail: bool = False):
+    def __init__(
+        self,
+        d_model: int,
+        hook_name: str,
+        model_name: str,
+        fail: bool = False,
+        noise_scale: float = 0.1,
+    ):
         super().__init__(
             PriorConfig(
                 architecture="recording",
@@ -33,6 +42,7 @@ class RecordingPrior(DiffusionPrior):
         self.anchor = nn.Parameter(torch.zeros(()))
         self.calls: list[dict] = []
         self.fail = fail
+        self.noise_scale = noise_scale
 
     def _denoise_normalized(self, z, t_start, num_steps, noise):
         if self.fail:
@@ -40,7 +50,7 @@ class RecordingPrior(DiffusionPrior):
         self.calls.append(
             dict(n=z.shape[0], dtype=z.dtype, t=t_start, steps=num_steps, noise=noise.clone())
         )
-        return 0.5 * z + 0.1 * noise
+        return 0.5 * z + self.noise_scale * noise
 
     def _loss_normalized(self, z, generator, levels=None):
         return z.square().mean()
@@ -57,15 +67,30 @@ class RecordingPrior(DiffusionPrior):
     def gaussian_reference_loss(self, cov_eigenvalues, data_second_moments=None):
         return 0.0
 
-    def recorded_positions(self, seed: int, batch: int, length: int) -> set[tuple[int, int]]:
-        """The (row, absolute position) pairs whose noise the recorded calls received."""
-        d = self.config.d_model
+    def recorded_positions(
+        self,
+        model: HookedTransformer,
+        seed: int,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+    ) -> set[tuple[int, int]]:
+        """The (row, absolute position) pairs of ``tokens`` whose noise the recorded calls received.
+
+        The expected noise of every position is rebuilt from an unsteered forward pass over the
+        whole sequence (call this after detaching): its sequence key, from the first block's
+        input, and its position counted from the row's first real token.
+        """
+        batch, length = tokens.shape
+        with torch.inference_mode():  # generate's outputs are inference tensors
+            _, cache = model.run_with_cache(
+                tokens, attention_mask=attention_mask, names_filter=["blocks.0.hook_resid_pre"]
+            )
+        real, positions = real_positions(attention_mask, batch, 0, length, tokens.device)
+        keys = prefix_keys(cache["blocks.0.hook_resid_pre"], real, positions)
+        noise = position_noise(seed, keys.flatten(), positions.flatten(), self.config.d_model)
         lookup = {}
-        for row in range(batch):
-            rows = torch.full((length,), row)
-            noise = position_noise(seed, rows, torch.arange(length), d)
-            for pos in range(length):
-                lookup[tuple(noise[pos, :4].to(self.dtype).tolist())] = (row, pos)
+        for index, vec in enumerate(noise):
+            lookup[tuple(vec[:4].to(self.dtype).tolist())] = divmod(index, length)
         found = set()
         for call in self.calls:
             for vec in call["noise"]:

@@ -57,3 +57,52 @@ def test_hook_outside_a_block_call_is_reported(tiny_model):
             tracker.call_positions(0, 2, 3)
     finally:
         tracker.release(0)
+
+
+def test_keyed_tracking_hooks_block_zero_until_the_last_keyed_release(tiny_model):
+    a = PositionTracker.acquire(tiny_model, 1, keyed=True)
+    b = PositionTracker.acquire(tiny_model, 1)
+    assert a is b
+    assert [len(block._forward_pre_hooks) for block in tiny_model.blocks] == [1, 1]
+    tokens = torch.randint(3, 300, (2, 5), generator=torch.Generator().manual_seed(0))
+    tiny_model(tokens)
+    keys = a.call_positions(1, 2, 5).keys
+    assert keys is not None and keys.shape == (2, 5) and keys.dtype == torch.int64
+    a.release(1, keyed=True)
+    assert [len(block._forward_pre_hooks) for block in tiny_model.blocks] == [0, 1]
+    tiny_model(tokens)
+    assert a.call_positions(1, 2, 5).keys is None  # plain steering needs no keys
+    a.release(1)
+    assert [len(block._forward_pre_hooks) for block in tiny_model.blocks] == [0, 0]
+
+
+def test_a_pass_that_skips_block_zero_has_no_stale_keys(tiny_model):
+    tracker = PositionTracker.acquire(tiny_model, 1, keyed=True)
+    try:
+        tokens = torch.randint(3, 300, (2, 5), generator=torch.Generator().manual_seed(0))
+        resid = tiny_model(tokens, stop_at_layer=1)
+        tiny_model(tokens)
+        assert tracker.call_positions(1, 2, 5).keys is not None
+        tiny_model(resid, start_at_layer=1)
+        assert tracker.call_positions(1, 2, 5).keys is None
+    finally:
+        tracker.release(1, keyed=True)
+
+
+def test_keys_carry_across_cached_passes_and_match_one_full_pass(tiny_model):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    tracker = PositionTracker.acquire(tiny_model, 1, keyed=True)
+    try:
+        tokens = torch.randint(3, 300, (2, 6), generator=torch.Generator().manual_seed(0))
+        tiny_model(tokens)
+        full = tracker.call_positions(1, 2, 6).keys
+        kv = TransformerLensKeyValueCache.init_cache(tiny_model.cfg, tiny_model.cfg.device, 2)
+        ones = torch.ones(2, 6, dtype=torch.long)
+        tiny_model(tokens[:, :4], attention_mask=ones[:, :4], past_kv_cache=kv)
+        assert torch.equal(tracker.call_positions(1, 2, 4).keys, full[:, :4])
+        for pos in (4, 5):
+            tiny_model(tokens[:, pos : pos + 1], attention_mask=ones[:, :1], past_kv_cache=kv)
+            assert torch.equal(tracker.call_positions(1, 2, 1).keys, full[:, pos : pos + 1])
+    finally:
+        tracker.release(1, keyed=True)

@@ -170,8 +170,8 @@ def test_steered_positions_identical_with_and_without_cache(tiny_model, position
     for use_cache in (True, False):
         prior = _prior(tiny_model)
         with steer(tiny_model, HOOK, _vector(), 1.0, prior, positions=positions, seed=seed):
-            greedy(tiny_model, tokens, n_new, use_cache)
-        found.append(prior.recorded_positions(seed, batch=2, length=5 + n_new))
+            out = greedy(tiny_model, tokens, n_new, use_cache)
+        found.append(prior.recorded_positions(tiny_model, seed, out))
     # The last generated token is never fed back, so positions 1..7 exist; 0 is never steered.
     prompt = {(r, p) for r in range(2) for p in range(1, 5)}
     generated = {(r, p) for r in range(2) for p in range(5, 8)}
@@ -195,17 +195,24 @@ def test_generate_stream_without_cache_tracks_generated_positions(tiny_model):
             )
         )
     assert sum(chunk.shape[1] for chunk in chunks) == 8  # the prompt and 4 new tokens
-    assert prior.recorded_positions(seed, 1, 8) == {(0, 4), (0, 5), (0, 6)}
+    sequence = torch.cat(chunks, dim=1)
+    assert prior.recorded_positions(tiny_model, seed, sequence) == {(0, 4), (0, 5), (0, 6)}
     assert "generate_stream" not in tiny_model.__dict__
 
 
-def test_noise_depends_on_seed_row_and_position_only(tiny_model):
+def test_noise_depends_on_seed_content_and_real_position_only(tiny_model):
     tokens = _tokens(2, 5)
     runs = {}
-    for name, seed, use_cache in [("a", 1, True), ("b", 1, False), ("c", 2, True)]:
+    for name, seed, use_cache, batch in [
+        ("a", 1, True, tokens),
+        ("b", 1, False, tokens),
+        ("c", 2, True, tokens),
+        ("swapped", 1, True, tokens.flip(0)),
+        ("twice", 1, True, tokens[[0, 0]]),
+    ]:
         prior = _prior(tiny_model)
         with steer(tiny_model, HOOK, _vector(), 1.0, prior, seed=seed):
-            out = greedy(tiny_model, tokens, 3, use_cache)
+            out = greedy(tiny_model, batch, 3, use_cache)
         runs[name] = (out, prior.calls)
     assert torch.equal(runs["a"][0], runs["b"][0])
     # Cached: first call covers the prompt; the non-cached first call is the same pass.
@@ -214,6 +221,21 @@ def test_noise_depends_on_seed_row_and_position_only(tiny_model):
     # Non-cached step 2 recomputes step 1's positions with the same noise.
     first, second = runs["b"][1][0]["noise"], runs["b"][1][1]["noise"]
     torch.testing.assert_close(second.reshape(2, 5, 64)[:, :4], first.reshape(2, 4, 64))
+    # The noise follows what a row is, not where it sits: swapping the rows swaps their noise, the
+    # same prompt twice gets the same noise, and different prompts get different noise.
+    prompt_noise = {name: calls[0]["noise"].reshape(2, 4, 64) for name, (_, calls) in runs.items()}
+    assert torch.equal(prompt_noise["swapped"], prompt_noise["a"].flip(0))
+    assert torch.equal(prompt_noise["twice"][0], prompt_noise["a"][0])
+    assert torch.equal(prompt_noise["twice"][1], prompt_noise["a"][0])
+    assert not torch.equal(prompt_noise["a"][0], prompt_noise["a"][1])
+    # Left padding shifts neither the positions nor the content the noise is keyed on.
+    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), tokens[:1]], dim=1)
+    mask = torch.ones_like(padded)
+    mask[0, :2] = 0
+    prior = _prior(tiny_model)
+    with steer(tiny_model, HOOK, _vector(), 1.0, prior, seed=1):
+        tiny_model(padded, attention_mask=mask)
+    assert torch.equal(prior.calls[0]["noise"], prompt_noise["a"][0])
 
 
 def test_same_seed_same_generation_and_default_seed_from_torch_rng(tiny_model):
@@ -243,17 +265,16 @@ def test_left_padding_and_first_real_token_untouched_under_cache(tiny_model):
         _, cache = tiny_model.run_with_cache(prompt, attention_mask=mask, names_filter=[STEERED])
         kv = TransformerLensKeyValueCache.init_cache(tiny_model.cfg, tiny_model.cfg.device, 2)
         tiny_model(prompt, attention_mask=mask, past_kv_cache=kv)
-        for step in range(2):
-            tiny_model(
-                _tokens(2, 1, seed=step + 10),
-                attention_mask=torch.ones(2, 1, dtype=torch.long),
-                past_kv_cache=kv,
-            )
+        fed = [_tokens(2, 1, seed=step + 10) for step in range(2)]
+        for token in fed:
+            tiny_model(token, attention_mask=torch.ones(2, 1, dtype=torch.long), past_kv_cache=kv)
     untouched = [(0, 0), (1, 0), (1, 1), (1, 2), (1, 3)]
     for row, pos in untouched:
         assert torch.equal(cache[STEERED][row, pos], clean[HOOK][row, pos])
     torch.testing.assert_close(cache[STEERED][0, 1:], clean[HOOK][0, 1:] + 2.0 * v)
-    found = prior.recorded_positions(seed, batch=2, length=8)
+    sequence = torch.cat([prompt, *fed], dim=1)
+    full_mask = torch.cat([mask, torch.ones(2, 2, dtype=torch.long)], dim=1)
+    found = prior.recorded_positions(tiny_model, seed, sequence, full_mask)
     expected = {(r, p) for r in range(2) for p in range(8)} - set(untouched)
     # The first forward (run_with_cache) and the cached prefill steer the same positions.
     assert found == expected
@@ -267,9 +288,11 @@ def test_prompt_and_generated_in_handwritten_cached_loop(tiny_model):
         with steer(tiny_model, HOOK, _vector(), 1.0, prior, seed=0, positions=positions):
             kv = TransformerLensKeyValueCache.init_cache(tiny_model.cfg, tiny_model.cfg.device, 1)
             tiny_model(prompt, attention_mask=ones, past_kv_cache=kv)
-            for step in range(2):
-                tiny_model(_tokens(1, 1, seed=step), attention_mask=ones[:, :1], past_kv_cache=kv)
-        assert {p for _, p in prior.recorded_positions(0, 1, 6)} == expected
+            fed = [_tokens(1, 1, seed=step) for step in range(2)]
+            for token in fed:
+                tiny_model(token, attention_mask=ones[:, :1], past_kv_cache=kv)
+        sequence = torch.cat([prompt, *fed], dim=1)
+        assert {p for _, p in prior.recorded_positions(tiny_model, 0, sequence)} == expected
 
 
 def test_generate_runs_under_inference_mode_and_grad_mode_forward_works(tiny_model):
@@ -515,10 +538,13 @@ def test_batched_left_padded_generation_on_the_default_model(default_model):
                     do_sample=False,
                     verbose=False,
                     use_past_kv_cache=use_cache,
+                    return_type="tokens",
                 )
             )
-        found.append(prior.recorded_positions(seed, batch=2, length=tokens.shape[1] + 3))
-    assert outputs[0] == outputs[1]
+        mask = torch.ones_like(outputs[-1])
+        mask[0, :n_pad] = 0
+        found.append(prior.recorded_positions(default_model, seed, outputs[-1], mask))
+    assert torch.equal(outputs[0], outputs[1])
     assert found[0] == found[1]
     # Row 0's pads and its BOS (the first real token), and row 1's BOS, are never steered.
     never = {(0, p) for p in range(n_pad + 1)} | {(1, 0)}

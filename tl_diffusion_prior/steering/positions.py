@@ -21,6 +21,13 @@ This module recovers, for every forward pass, what each row of the hooked tensor
   them, with a cache (a hand-written decoding loop), it is the length of the pass that found the
   cache empty; with a cache first seen non-empty, everything already in it counts as prompt.
   Without a cache every position is prompt.
+* **Sequence keys** (only while a steering with a prior is attached, which needs them for its
+  noise): a forward pre-hook on ``blocks[0]`` hashes each real position of the first block's input
+  into a running key per row (:func:`~tl_diffusion_prior.steering.noise.prefix_keys`), carried
+  from one cached pass to the next, and hands this pass's keys to the steered blocks. Under the KV
+  cache the carry is tied to the cache (the same entry, grown by exactly the positions seen), like
+  the prompt length. Keys are unknown, and count as 0, in a pass that skipped ``blocks[0]``
+  (``start_at_layer``); a cache first seen non-empty carries 0 for the history before it.
 
 One :class:`PositionTracker` per model is shared by every steering attached to it and reference
 counted, so attachments can nest and be released in any order.
@@ -35,15 +42,46 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool
+from jaxtyping import Bool, Int
 from torch import Tensor
 from transformer_lens import HookedTransformer
+
+from tl_diffusion_prior.steering.noise import prefix_keys
 
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
 
 _TRACKERS: weakref.WeakKeyDictionary[HookedTransformer, PositionTracker] = (
     weakref.WeakKeyDictionary()
 )
+
+
+def real_positions(
+    attention_mask: Tensor | None, batch: int, offset: int, n_new: int, device: torch.device
+) -> tuple[Bool[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
+    """Which of a pass's positions are real tokens, and each one's position counted from its row's
+    first real position (negative on left padding).
+
+    ``attention_mask`` is ``[batch, <= offset + n_new]`` (1 = real) or None (every position real).
+    TransformerLens always passes the full-length mask to blocks. A shorter one (a hand-built call)
+    is aligned to the newest positions and the missing history counted as real.
+    """
+    absolute = torch.arange(offset, offset + n_new, device=device)
+    if attention_mask is None:
+        return (
+            torch.ones(batch, n_new, dtype=torch.bool, device=device),
+            absolute.expand(batch, n_new),
+        )
+    mask = attention_mask.to(device).bool()
+    total = offset + n_new
+    if mask.shape[1] >= total:
+        full = mask[:, mask.shape[1] - total :]
+    else:
+        history = torch.ones(batch, total - mask.shape[1], dtype=torch.bool, device=device)
+        full = torch.cat([history, mask], dim=1)
+    # argmax returns the first maximal index: the first real position of each row (rows with none
+    # have no real position to steer anyway).
+    first_real = full.to(torch.uint8).argmax(dim=1, keepdim=True)
+    return full[:, offset:], absolute[None, :] - first_real
 
 
 @dataclass
@@ -56,6 +94,9 @@ class CallPositions:
         offset: Absolute position of the first of them (the KV cache's length before this pass).
         prompt_length: Positions ``< prompt_length`` are prompt, the rest generated.
         attention_mask: ``[batch, offset + n_new]`` (1 = real) or None when the model uses none.
+        keys: ``[batch, n_new]`` sequence keys of this pass's positions (see
+            :func:`~tl_diffusion_prior.steering.noise.prefix_keys`), or None when not tracked or
+            unknown (they then count as 0).
     """
 
     batch: int
@@ -63,53 +104,63 @@ class CallPositions:
     offset: int
     prompt_length: int
     attention_mask: Tensor | None
-    _masks: dict = field(default_factory=dict, repr=False)
+    keys: Tensor | None = None
+    _memo: dict = field(default_factory=dict, repr=False)
 
     def steer_mask(self, positions: str, device: torch.device) -> Bool[Tensor, "batch pos"]:
         """Which rows of this pass are steered: real, not the row's first real position, and in
         ``positions``. Computed once per pass and mode."""
         key = (positions, device)
-        if key not in self._masks:
-            self._masks[key] = self._compute(positions, device)
-        return self._masks[key]
+        if key not in self._memo:
+            self._memo[key] = self._compute(positions, device)
+        return self._memo[key]
+
+    def real_positions(self, device: torch.device) -> Int[Tensor, "batch pos"]:
+        """Each position counted from its row's first real position. Computed once per pass."""
+        return self._real(device)[1]
+
+    def sequence_keys(self, device: torch.device) -> Int[Tensor, "batch pos"]:
+        """This pass's sequence keys on ``device`` (zeros when unknown). Computed once per pass."""
+        key = ("keys", device)
+        if key not in self._memo:
+            self._memo[key] = (
+                torch.zeros(self.batch, self.n_new, dtype=torch.int64, device=device)
+                if self.keys is None
+                else self.keys.to(device)
+            )
+        return self._memo[key]
+
+    def _real(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        key = ("real", device)
+        if key not in self._memo:
+            self._memo[key] = real_positions(
+                self.attention_mask, self.batch, self.offset, self.n_new, device
+            )
+        return self._memo[key]
 
     def _compute(self, positions: str, device: torch.device) -> Tensor:
+        real, position = self._real(device)
+        keep = real & (position != 0)
         absolute = torch.arange(self.offset, self.offset + self.n_new, device=device)
-        mask = self.attention_mask
-        if mask is None:
-            keep = (absolute >= 1).expand(self.batch, self.n_new)
-        else:
-            full = self._full_mask(mask.to(device))
-            real = full[:, self.offset :]
-            # argmax returns the first maximal index: the first real position of each row (rows with
-            # none have no real position to steer anyway).
-            first_real = full.to(torch.uint8).argmax(dim=1, keepdim=True)
-            keep = real & (absolute[None, :] != first_real)
         if positions == "prompt":
             keep = keep & (absolute < self.prompt_length)[None, :]
         elif positions == "generated":
             keep = keep & (absolute >= self.prompt_length)[None, :]
         return keep
 
-    def _full_mask(self, mask: Tensor) -> Tensor:
-        """The mask as ``[batch, offset + n_new]`` booleans.
-
-        TransformerLens always passes the full-length mask to blocks. A shorter one (a hand-built
-        call) is aligned to the newest positions and the missing history counted as real.
-        """
-        mask = mask.bool()
-        total = self.offset + self.n_new
-        if mask.shape[1] >= total:
-            return mask[:, mask.shape[1] - total :]
-        history = torch.ones(
-            self.batch, total - mask.shape[1], dtype=torch.bool, device=mask.device
-        )
-        return torch.cat([history, mask], dim=1)
-
 
 @dataclass
 class _Generation:
     prompt_length: int | None = None
+
+
+@dataclass
+class _PassKeys:
+    """The sequence keys ``blocks[0]`` computed in the latest forward pass, and the steered layers
+    that took them (a layer that runs again without ``blocks[0]`` in between gets none)."""
+
+    keys: Tensor
+    taken_by: set[int] = field(default_factory=set)
 
 
 class PositionTracker:
@@ -126,6 +177,10 @@ class PositionTracker:
         self._cache_prompts: dict[int, tuple[weakref.ref, int]] = {}
         self._generations: list[_Generation] = []
         self._suspended = 0
+        self._keyed = 0
+        self._key_handle: torch.utils.hooks.RemovableHandle | None = None
+        self._pass_keys: _PassKeys | None = None
+        self._key_carry: tuple[weakref.ref, int, Tensor] | None = None
         # Instance attributes shadow the class's methods; the previous ones (if a user patched
         # them) are restored on release.
         self._patched: dict[str, tuple[object, object]] = {}
@@ -140,8 +195,12 @@ class PositionTracker:
 
     # ------------------------------------------------------------------ reference counting
     @classmethod
-    def acquire(cls, model: HookedTransformer, layer: int) -> PositionTracker:
-        """The model's tracker, with a pre-hook on ``blocks[layer]`` (created on first use)."""
+    def acquire(cls, model: HookedTransformer, layer: int, keyed: bool = False) -> PositionTracker:
+        """The model's tracker, with a pre-hook on ``blocks[layer]`` (created on first use).
+
+        ``keyed`` also tracks sequence keys (a pre-hook on ``blocks[0]``) until the matching
+        ``release(layer, keyed=True)``.
+        """
         tracker = _TRACKERS.get(model)
         if tracker is None:
             tracker = cls(model)
@@ -153,12 +212,23 @@ class PositionTracker:
             )
             tracker._layer_refs[layer] = 0
         tracker._layer_refs[layer] += 1
+        if keyed:
+            if tracker._key_handle is None:
+                # Prepended, so the keys are ready before a steered blocks[0]'s own pre-hook.
+                tracker._key_handle = model.blocks[0].register_forward_pre_hook(
+                    tracker._key_pre_hook, with_kwargs=True, prepend=True
+                )
+            tracker._keyed += 1
         return tracker
 
-    def release(self, layer: int) -> None:
+    def release(self, layer: int, keyed: bool = False) -> None:
         """Undo one :meth:`acquire`; the last release removes every hook and the wrapper."""
         if self._layer_refs.get(layer, 0) == 0:
             return
+        if keyed and self._keyed > 0:
+            self._keyed -= 1
+            if self._keyed == 0:
+                self._remove_key_hook()
         self._layer_refs[layer] -= 1
         if self._layer_refs[layer] == 0:
             del self._layer_refs[layer]
@@ -172,7 +242,15 @@ class PositionTracker:
     def is_active(self) -> bool:
         return bool(self._layer_refs)
 
+    def _remove_key_hook(self) -> None:
+        if self._key_handle is not None:
+            self._key_handle.remove()
+            self._key_handle = None
+        self._pass_keys = None
+        self._key_carry = None
+
     def _uninstall(self) -> None:
+        self._remove_key_hook()
         model = self._model_ref()
         if model is None:
             return
@@ -241,7 +319,41 @@ class PositionTracker:
             offset=offset,
             prompt_length=self._prompt_length(layer, entry, offset, n_new),
             attention_mask=kwargs.get("attention_mask"),
+            keys=self._take_keys(layer, batch, n_new),
         )
+
+    def _key_pre_hook(self, module, args, kwargs) -> None:
+        residual = args[0] if args else kwargs["resid_pre"]
+        batch, n_new = residual.shape[0], residual.shape[1]
+        entry = kwargs.get("past_kv_cache_entry")
+        offset = int(entry.past_keys.shape[1]) if entry is not None else 0
+        real, position = real_positions(
+            kwargs.get("attention_mask"), batch, offset, n_new, residual.device
+        )
+        keys = prefix_keys(residual, real, position, self._carry(entry, offset, batch))
+        if entry is not None:
+            self._key_carry = (weakref.ref(entry), offset + n_new, keys[:, -1])
+        self._pass_keys = _PassKeys(keys)
+
+    def _carry(self, entry, offset: int, batch: int) -> Tensor | None:
+        """The keys at the end of the cached history, if this tracker saw all of it."""
+        if entry is None or offset == 0 or self._key_carry is None:
+            return None
+        entry_ref, length, carry = self._key_carry
+        if entry_ref() is entry and length == offset and carry.shape[0] == batch:
+            return carry
+        return None
+
+    def _take_keys(self, layer: int, batch: int, n_new: int) -> Tensor | None:
+        pass_keys = self._pass_keys
+        if (
+            pass_keys is None
+            or layer in pass_keys.taken_by
+            or tuple(pass_keys.keys.shape) != (batch, n_new)
+        ):
+            return None
+        pass_keys.taken_by.add(layer)
+        return pass_keys.keys
 
     def _prompt_length(self, layer: int, entry, offset: int, n_new: int) -> int:
         if self._generations:

@@ -13,8 +13,11 @@ for which positions those are, with and without the KV cache):
    ``<hook>.hook_steered``;
 2. with a prior, the steered positions (all of them, in one batched call) are replaced by
    ``prior.denoise(x, t_start, num_steps, noise=...)``; the whole tensor then passes through
-   ``<hook>.hook_denoised``. The noise at a position is a function of (seed, batch row, absolute
-   position) only, so generation without the KV cache, which recomputes earlier positions at every
+   ``<hook>.hook_denoised``. The noise at a position is a function of the seed, the row's tokens
+   up to that position and its position counted from the row's first real token (see
+   :mod:`~tl_diffusion_prior.steering.noise`), never of the row's place in the batch or its
+   padding. So the same prompt gives the same result alone, twice in one batch or left-padded
+   among others, and generation without the KV cache, which recomputes earlier positions at every
    step, re-noises them identically.
 
 Each row's first real position (BOS / attention sink) and padding are never touched: the hooked
@@ -104,7 +107,9 @@ class SteeringHandle:
         succeeded = False
         self._attached = True
         try:
-            self._tracker = PositionTracker.acquire(self.model, self.layer)
+            self._tracker = PositionTracker.acquire(
+                self.model, self.layer, keyed=self.prior is not None
+            )
             names = [STEERED_HOOK] + ([DENOISED_HOOK] if self.prior is not None else [])
             for name in names:
                 point = HookPoint()
@@ -139,7 +144,7 @@ class SteeringHandle:
                 self.model.setup()
             finally:
                 if self._tracker is not None:
-                    self._tracker.release(self.layer)
+                    self._tracker.release(self.layer, keyed=self.prior is not None)
                     self._tracker = None
 
     @property
@@ -183,7 +188,10 @@ class SteeringHandle:
         out = steered
         if rows.numel():
             x = steered[rows, cols]
-            noise = self._noise(rows, cols + call.offset)
+            device = activation.device
+            noise = self._noise(
+                call.sequence_keys(device)[rows, cols], call.real_positions(device)[rows, cols]
+            )
             denoised = self.prior.denoise(
                 x, self.config.t_start, self.config.num_steps, noise=noise
             )
