@@ -121,7 +121,7 @@ def run_eval(args: argparse.Namespace) -> int:
     fingerprint = check_priors_match(model, priors)
     if args.buffer:
         train = ActivationRingBuffer.load(args.buffer, device=args.device)
-        check_train_source(train, hook_name, model_name, fingerprint)
+        check_train_source(train, hook_name, fingerprint)
     else:
         # The same packed batches of the corpus's train split the trainer captures from.
         source = corpus_token_source(

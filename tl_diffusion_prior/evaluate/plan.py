@@ -20,7 +20,7 @@ from pathlib import Path
 from torch import Tensor
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY, MODEL_NAME_KEY
+from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY
 from tl_diffusion_prior.core.fingerprint import model_fingerprint
 from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.evaluate.baselines.base import activation_rows, fit_normalizer
@@ -67,10 +67,10 @@ def fit_baselines(
     """Gaussian/PCA fit and one TopK SAE per ``settings.sae_sizes``, all in the normaliser's space
     fitted from ``train`` (the buffer's running statistics when ``train`` is a buffer).
 
-    A buffer must hold ``hook_name`` (and ``model_name``'s rows, when both are recorded); its
-    provenance (source model name and weight fingerprint) goes to each baseline's training record.
+    A buffer must hold ``hook_name``; its provenance (source model name and weight fingerprint)
+    goes to each baseline's training record.
     """
-    check_train_source(train, hook_name, model_name)
+    check_train_source(train, hook_name)
     normalizer = fit_normalizer(train, eps=norm_eps)
     rows = activation_rows(train, max_rows=settings.max_train_rows)
     gaussian = GaussianBaseline.fit(rows, normalizer, hook_name=hook_name, model_name=model_name)
@@ -109,14 +109,15 @@ def check_priors_match(model, priors: list[DiffusionPrior]) -> str:
 def check_train_source(
     train: ActivationRingBuffer | Tensor,
     hook_name: str,
-    model_name: str = "",
     model_fingerprint: str | None = None,
 ) -> None:
-    """Refuse a buffer captured at another hook, or from another model, than the run's.
+    """Refuse a buffer captured at another hook, or from other model weights, than the run's.
 
-    ``hook_name``/``model_name``/``model_fingerprint`` describe the run (the priors and the
-    model); empty ones, and what the buffer did not record, are not compared. Row tensors carry no
-    provenance and pass.
+    ``hook_name``/``model_fingerprint`` describe the run (the priors and the model); empty ones,
+    and what the buffer did not record, are not compared. The model's name is not compared: the
+    buffer records the loaded model's own name, the run the one the priors were given, and the
+    same model goes by several (letter case, hub aliases); the fingerprint tells models apart.
+    Row tensors carry no provenance and pass.
     """
     if not isinstance(train, ActivationRingBuffer):
         return
@@ -125,18 +126,11 @@ def check_train_source(
             f"The training buffer was captured at {list(train.hook_names)}, but the run evaluates "
             f"{hook_name!r}; capture a buffer at {hook_name!r} (or leave --buffer out)."
         )
-    fix = "Capture the training buffer from the run's model (or leave --buffer out)."
-    check_same_source(
-        "Model",
-        ("the training buffer", train.provenance.get(MODEL_NAME_KEY)),
-        ("the run", model_name),
-        fix,
-    )
     check_same_source(
         "Model fingerprint",
         ("the training buffer", train.provenance.get(MODEL_FINGERPRINT_KEY)),
         ("the run's model", model_fingerprint),
-        fix,
+        "Capture the training buffer from the run's model (or leave --buffer out).",
     )
 
 

@@ -98,7 +98,7 @@ def run_evaluation(
     settings = settings or EvalSettings()
     clock = _Clock()
     run = _check_inputs(model, priors, prior_names, prior_dirs, hook_name, model_name, settings)
-    check_train_source(buffer_or_train_acts, run.hook_name, run.model_name, run.fingerprint)
+    check_train_source(buffer_or_train_acts, run.hook_name, run.fingerprint)
     if baselines is not None:
         check_baselines(baselines, run.hook_name, run.model_name, run.fingerprint)
     if baselines is None:
