@@ -1,11 +1,13 @@
 """Stage 4: train a diffusion prior on the activations in a ring buffer.
 
-:func:`train_prior` reads as its phases: check the inputs; fix the normalisation from the buffer's
-running statistics (on all ranks) and let the design fit its data-dependent parts; build the
-:class:`~tl_diffusion_prior.training.run.TrainingRun` (optimizer, EMA and generators, restored from
-a checkpoint when resuming) with its validation rows and Gaussian reference; validate the starting
-weights; run the loop (:mod:`tl_diffusion_prior.training.run`); finish with the EMA weights in the
-prior and the run's provenance in its config. Every random draw comes from a seeded generator whose
+:func:`train_prior` reads as its phases: check the inputs (and, when resuming, that the checkpoint
+was taken on the same hook, model and model weights: :func:`check_resume_source`); fix the
+normalisation from the buffer's running statistics (on all ranks) and let the design fit its
+data-dependent parts; build the :class:`~tl_diffusion_prior.training.run.TrainingRun` (optimizer,
+EMA and generators, restored from a checkpoint when resuming) with its validation rows and Gaussian
+reference; validate the starting weights; run the loop (:mod:`tl_diffusion_prior.training.run`);
+finish with the EMA weights in the prior and the run's provenance (with the source model's weight
+fingerprint) in its training record. Every random draw comes from a seeded generator whose
 state is checkpointed, so an interrupted and resumed run ends with bit-identical weights. Under
 ``torchrun`` the prior is wrapped in DistributedDataParallel and each rank samples its own buffer;
 rank 0 writes the shared files.
