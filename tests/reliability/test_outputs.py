@@ -359,6 +359,24 @@ class TestTrainOut:
         with pytest.raises(_Loaded):
             _train(out, "--resume")
 
+    def test_resuming_another_hook_or_model_is_refused_before_anything_loads(self, tmp_path):
+        out = tmp_path / "prior"
+        saved = {"hook_name": "blocks.15.hook_resid_post", "model_name": "SmolLM2-135M-Instruct"}
+        save_checkpoint(
+            tmp_path / "prior.checkpoints",
+            3,
+            tensors={},
+            meta={"prior_config": saved},
+            rank_tensors={},
+            rank_meta={},
+        )
+        with pytest.raises(ValueError, match="Hook mismatch.*blocks.15.*blocks.3"):
+            _train(out, "--resume", "--hook", "blocks.3.hook_resid_post")
+        with pytest.raises(ValueError, match="Model mismatch.*gpt2"):
+            _train(out, "--resume", "--model", "gpt2")
+        with pytest.raises(_Loaded):  # the checkpoint's own hook and model get as far as loading
+            _train(out, "--resume", "--hook", "blocks.15.hook_resid_post")
+
 
 @pytest.mark.usefixtures("no_loading")
 def test_capture_out_checks(tmp_path, monkeypatch):

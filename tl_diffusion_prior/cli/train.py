@@ -42,14 +42,16 @@ from tl_diffusion_prior.capture import (
 )
 from tl_diffusion_prior.cli.common import add_overwrite_argument, is_prior_dir
 from tl_diffusion_prior.constants import (
+    CHECKPOINT_META_NAME,
     DEFAULT_HOOK,
     DEFAULT_MODEL_NAME,
     LOSS_CSV_NAME,
     LOSS_PNG_NAME,
 )
 from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.core.fingerprint import model_fingerprint
 from tl_diffusion_prior.core.paths import check_not_inside, check_output_dir
-from tl_diffusion_prior.core.serialization import atomic_directory
+from tl_diffusion_prior.core.serialization import atomic_directory, read_json
 from tl_diffusion_prior.data import TokenSource, models
 from tl_diffusion_prior.data.corpus import corpus_sources
 from tl_diffusion_prior.data.sources import corpus_token_source
@@ -57,6 +59,7 @@ from tl_diffusion_prior.priors import PRIOR_REGISTRY
 from tl_diffusion_prior.recipes import PRIOR_PRESETS, TRAIN_PRESETS
 from tl_diffusion_prior.training import TrainConfig, train_prior
 from tl_diffusion_prior.training.checkpoint import latest_checkpoint
+from tl_diffusion_prior.training.trainer import check_resume_source
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +299,15 @@ def check_train_outputs(args: argparse.Namespace) -> tuple[Path, str, bool]:
     return out, checkpoint_dir, resuming
 
 
+def _check_resumed_checkpoint(args: argparse.Namespace, checkpoint_dir: str) -> dict[str, Any]:
+    """The latest checkpoint's JSON, once its hook and model name match this run's (checked
+    before the model loads; the weights' fingerprint is checked once it has)."""
+    path = latest_checkpoint(checkpoint_dir)
+    meta = read_json(path / CHECKPOINT_META_NAME)
+    check_resume_source(meta, str(path), hook_name=args.hook, model_name=args.model)
+    return meta
+
+
 def _save_prior(prior: Any, out: Path, checkpoint_dir: str) -> None:
     """Save the prior and its loss curve to ``out`` as one atomic replacement."""
     with atomic_directory(out) as tmp:
@@ -311,10 +323,19 @@ def run_train(args: argparse.Namespace) -> int:
         raise ValueError(f"--prior must be one of {sorted(PRIOR_REGISTRY)}, got {args.prior!r}.")
     out, checkpoint_dir, resuming = check_train_outputs(args)
     config = build_train_config(args, checkpoint_dir)
+    resumed_meta = _check_resumed_checkpoint(args, checkpoint_dir) if resuming else None
     env = distributed.init_from_env(args.device)
     say = print if env.is_main else (lambda *a, **k: None)
     try:
         model = models.load_model(args.model, device=env.device)
+        if resumed_meta is not None:  # the weights, before any capture
+            check_resume_source(
+                resumed_meta,
+                str(latest_checkpoint(checkpoint_dir)),
+                hook_name=args.hook,
+                model_name=args.model,
+                model_fingerprint=model_fingerprint(model),
+            )
         prior_cls = PRIOR_REGISTRY[args.prior]
         prior_config = build_prior_config(prior_cls, args, model.cfg.d_model)
         torch.manual_seed(args.seed)

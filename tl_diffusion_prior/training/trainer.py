@@ -96,7 +96,14 @@ def train_prior(
     hook_index = _check_inputs(prior, buffer, config, hook, refill, provenance)
     state = _resume_state(config, resume, buffer)
     if state is not None:
-        check_resume_source(state, prior, buffer)
+        check_resume_source(
+            state.meta,
+            str(state.path),
+            hook_name=prior.config.hook_name,
+            model_name=prior.config.model_name,
+            buffer_hooks=list(buffer.hook_names),
+            model_fingerprint=buffer.provenance.get(MODEL_FINGERPRINT_KEY),
+        )
     fit_rows = _prepare(prior, buffer, hook_index, config, state)
     run = TrainingRun.build(
         prior,
@@ -160,41 +167,49 @@ def _resume_state(
 
 
 def check_resume_source(
-    state: ckpt.Checkpoint, prior: DiffusionPrior, buffer: ActivationRingBuffer
+    meta: dict[str, Any],
+    where: str,
+    *,
+    hook_name: str,
+    model_name: str,
+    buffer_hooks: list[str] | None = None,
+    model_fingerprint: str | None = None,
 ) -> None:
-    """Refuse to resume a checkpoint taken on another hook, model or model weights.
+    """Refuse to resume a checkpoint (its JSON ``meta``) taken on another hook, model, buffer hooks
+    or model weights than this run's.
 
     Resuming loads the checkpoint's weights, normaliser and buffer rows, so a prior configured for
-    another hook or model would be saved under a label its weights do not have. Checkpoints that
-    recorded no buffer description (older ones) are compared on the prior's hook and model only.
+    another hook or model would be saved under a label its weights do not have. A value either
+    side did not record (older checkpoints, a buffer not yet filled) is not compared. The command
+    line calls this on the latest checkpoint's JSON before it loads the model or captures.
     """
-    saved_prior = state.meta.get("prior_config", {})
-    saved_buffer = state.meta.get("buffer", {})
-    where = f"the checkpoint {state.path!s}"
+    saved_prior = meta.get("prior_config", {})
+    saved_buffer = meta.get("buffer", {})
+    where = f"the checkpoint {where}"
     check_same_source(
         "Hook",
         (where, saved_prior.get("hook_name")),
-        ("this run", prior.config.hook_name),
+        ("this run", hook_name),
         f"Resume with the checkpoint's hook (--hook {saved_prior.get('hook_name')}), or train "
         "the new hook in another checkpoint directory.",
     )
     check_same_source(
         "Model",
         (where, saved_prior.get("model_name")),
-        ("this run", prior.config.model_name),
+        ("this run", model_name),
         "Resume with the checkpoint's model, or train this model in another checkpoint directory.",
     )
     saved_hooks = saved_buffer.get("hook_names")
     check_same_source(
         "Buffer hooks",
         (where, None if saved_hooks is None else ", ".join(saved_hooks)),
-        ("this run's buffer", ", ".join(buffer.hook_names)),
+        ("this run's buffer", None if buffer_hooks is None else ", ".join(buffer_hooks)),
         "Resume with a buffer of the checkpoint's hooks (its rows are restored from it).",
     )
     check_same_source(
         "Model fingerprint",
         (where, saved_buffer.get(MODEL_FINGERPRINT_KEY)),
-        ("this run's model", buffer.provenance.get(MODEL_FINGERPRINT_KEY)),
+        ("this run's model", model_fingerprint),
         "The model's weights differ from those of the interrupted run (another checkpoint or "
         "fine-tune under the same name); resume with the same model or start a new run.",
     )
