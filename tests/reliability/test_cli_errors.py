@@ -23,7 +23,7 @@ from tl_diffusion_prior.core.serialization import (
 from tl_diffusion_prior.data import models
 from tl_diffusion_prior.data.sources import text_file_token_source
 from tl_diffusion_prior.data.token_source import TextTokenSource
-from tl_diffusion_prior.steering import attach_steering
+from tl_diffusion_prior.steering import attach_steering, steering_vector
 
 HOOK = "blocks.1.hook_resid_post"
 TEXT = "The quick brown fox jumps over the lazy dog. " * 40  # ~1,800 byte tokens
@@ -162,6 +162,12 @@ def test_steering_refuses_a_non_residual_hook(tiny_model):
     with pytest.raises(ValueError, match="attention probabilities"):
         attach_steering(tiny_model, "blocks.0.attn.hook_pattern", torch.zeros(64), 1.0)
     assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+
+
+def test_a_steering_vector_refuses_a_non_residual_hook(tiny_model):
+    prompts = [torch.tensor([5, 6, 7])], [torch.tensor([8, 9, 10])]
+    with pytest.raises(ValueError, match="attention probabilities"):
+        steering_vector(tiny_model, "blocks.0.attn.hook_pattern", *prompts)
 
 
 def test_cli_names_the_non_residual_hook(tmp_path, capsys, cli_model):

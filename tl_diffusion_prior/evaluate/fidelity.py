@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from tl_diffusion_prior.capture.hook_names import layer_of, stop_at_layer, validate_hook_names
+from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of, stop_at_layer
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.evaluate.reconstructors import Reconstructor, label
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
@@ -125,7 +125,7 @@ class _Splitter:
     """Runs the model up to and from a hook: split forward for resid hooks, hooks otherwise."""
 
     def __init__(self, model, hook_name: str) -> None:
-        validate_hook_names(model, hook_name)
+        check_residual_hooks(model, hook_name)
         self.model, self.hook_name = model, hook_name
         layer = layer_of(hook_name)
         self.start: int | None = None

@@ -25,7 +25,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
-from tl_diffusion_prior.capture.hook_names import layer_of, stop_at_layer, validate_hook_names
+from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of, stop_at_layer
 from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.steering.positions import steering_suspended
 
@@ -91,7 +91,7 @@ def _read_positions(
     batch_size: int,
 ) -> list[Float[Tensor, "n d_model"]]:
     """Per prompt, the float32 activations at the positions read (see module docstring)."""
-    validate_hook_names(model, hook_name)
+    check_residual_hooks(model, hook_name)
     check_positive_int("batch_size", batch_size)
     device = next(model.parameters()).device
     captured: dict[str, Tensor] = {}
