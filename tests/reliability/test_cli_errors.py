@@ -322,6 +322,20 @@ def test_cli_refuses_a_buffer_the_disk_cannot_hold_before_capturing(
     assert not forwards  # refused before capture ran
 
 
+def test_train_refuses_a_disk_too_small_for_its_checkpoints_before_capturing(
+    tmp_path, capsys, cli_model, monkeypatch
+):
+    real = resources.shutil.disk_usage
+    monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    forwards = []
+    cli_model.embed.register_forward_pre_hook(lambda *args: forwards.append(1))
+    argv = ["train", "--out", str(tmp_path / "prior"), "--hook", HOOK, "--n-activations", "100"]
+    assert main([*argv, "--no-progress"]) == USER_ERROR_EXIT
+    err = capsys.readouterr().err
+    assert "tl-diffusion-prior train: error: --checkpoint-dir" in err and "1000 B" in err
+    assert not forwards  # refused before capture ran
+
+
 # ---------------------------------------------------------------- damaged files
 
 

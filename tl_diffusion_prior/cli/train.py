@@ -51,6 +51,7 @@ from tl_diffusion_prior.constants import (
 from tl_diffusion_prior.core import distributed
 from tl_diffusion_prior.core.fingerprint import model_fingerprint
 from tl_diffusion_prior.core.paths import check_not_inside, check_output_dir
+from tl_diffusion_prior.core.resources import check_fits_on_disk
 from tl_diffusion_prior.core.serialization import atomic_directory, read_json
 from tl_diffusion_prior.data import TokenSource, models
 from tl_diffusion_prior.data.corpus import corpus_sources
@@ -299,6 +300,25 @@ def check_train_outputs(args: argparse.Namespace) -> tuple[Path, str, bool]:
     return out, checkpoint_dir, resuming
 
 
+def _check_disk(
+    args: argparse.Namespace, prior: Any, config: TrainConfig, out: Path, checkpoint_dir: str
+) -> None:
+    """Refuse, before capturing, a disk that cannot hold the checkpoints and the saved prior."""
+    dtype_size = torch.empty((), dtype=getattr(torch, args.buffer_dtype)).element_size()
+    buffer_bytes = _option(args, "n_activations") * prior.config.d_model * dtype_size
+    weight_bytes = sum(p.numel() * p.element_size() for p in prior.parameters())
+    # A checkpoint holds the buffer, the weights, their EMA and AdamW's two moments; the newest is
+    # written before the oldest is pruned; the prior at --out is the weights once more.
+    per_checkpoint = buffer_bytes + 4 * weight_bytes
+    needed = per_checkpoint * (config.keep_checkpoints + 1) + weight_bytes
+    check_fits_on_disk(
+        needed,
+        checkpoint_dir,
+        "--checkpoint-dir (training checkpoints) and --out",
+        "free space, or lower --n-activations",
+    )
+
+
 def _check_resumed_checkpoint(args: argparse.Namespace, checkpoint_dir: str) -> dict[str, Any]:
     """The latest checkpoint's JSON, once its hook and model name match this run's (checked
     before the model loads; the weights' fingerprint is checked once it has)."""
@@ -344,6 +364,7 @@ def run_train(args: argparse.Namespace) -> int:
             f"{args.prior} prior: {prior.num_parameters:,} parameters; world size "
             f"{env.world_size}, device {env.device}"
         )
+        _check_disk(args, prior, config, out, checkpoint_dir)
         captured = _capture(args, model, env, resuming, config.val_size)
         say(
             f"captured {captured.buffer.num_pushed:,} train and "
