@@ -5,7 +5,7 @@ from tests.training.helpers import CountingTokenSource
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
 from tl_diffusion_prior.capture.refill import make_refill
-from tl_diffusion_prior.training.checkpoint import join_state, split_state
+from tl_diffusion_prior.training.state_dicts import join_state, split_state
 
 HOOK = "blocks.0.hook_resid_post"
 

@@ -19,10 +19,24 @@ import argparse
 import json
 from pathlib import Path
 
+from tl_diffusion_prior import priors as prior_package
+from tl_diffusion_prior.capture import ActivationRingBuffer, fill_buffer
 from tl_diffusion_prior.cli.common import add_overwrite_argument, is_report_dir
 from tl_diffusion_prior.constants import BASELINES_DIRNAME, REPORT_MD_NAME
 from tl_diffusion_prior.core.paths import check_output_dir, set_aside
+from tl_diffusion_prior.data import models
+from tl_diffusion_prior.data.sources import corpus_token_source
+from tl_diffusion_prior.evaluate.baselines import load_baseline
+from tl_diffusion_prior.evaluate.plan import (
+    Baselines,
+    check_baselines,
+    check_priors_match,
+    check_train_source,
+    fit_baselines,
+)
+from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
 from tl_diffusion_prior.evaluate.settings import EvalSettings
+from tl_diffusion_prior.priors.base import DiffusionPrior
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -84,23 +98,51 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings.quick(**overrides) if args.quick else EvalSettings.from_dict(overrides)
 
 
+def _load_priors(paths: list[str], device: str | None) -> list[DiffusionPrior]:
+    """The priors, which must all be of one model."""
+    # Through the package, where tests replace the loader.
+    priors = [prior_package.load_prior(path, device=device) for path in paths]
+    model_name = priors[0].config.model_name
+    for prior, path in zip(priors, paths, strict=True):
+        if prior.config.model_name != model_name:
+            raise ValueError(
+                f"{path} was trained on {prior.config.model_name!r}, the first prior on "
+                f"{model_name!r}; evaluate priors of one model together."
+            )
+    return priors
+
+
+def _load_baselines(folder: Path) -> Baselines:
+    """The baselines saved in ``folder`` (by an earlier ``eval``): one Gaussian and the SAEs."""
+    loaded = [load_baseline(p) for p in sorted(folder.iterdir()) if p.is_dir()]
+    gaussians = [b for b in loaded if b.config.kind == "gaussian"]
+    if len(gaussians) != 1:
+        raise ValueError(
+            f"{folder} must hold exactly one gaussian baseline, found {len(gaussians)}."
+        )
+    return Baselines(gaussians[0], [b for b in loaded if b.config.kind == "topk_sae"])
+
+
+def _training_rows(args, model, settings: EvalSettings, priors, fingerprint: str):
+    """``--buffer``, checked against the priors' hook and model, or a fresh capture of the same
+    packed batches of the corpus's train split the trainer captures from."""
+    hook_name = priors[0].config.hook_name
+    if args.buffer:
+        train = ActivationRingBuffer.load(args.buffer, device=args.device)
+        check_train_source(train, hook_name, fingerprint)
+        return train
+    source = corpus_token_source(
+        model.tokenizer,
+        "train",
+        batch_size=16,
+        ctx=settings.resolved_seq_len(priors),
+        shuffle_seed=settings.seed,
+    )
+    return fill_buffer(model, source, hook_name, settings.max_train_rows)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run the evaluation the parsed ``args`` describe; returns the exit code."""
-    from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
-    from tl_diffusion_prior.capture.capture import fill_buffer
-    from tl_diffusion_prior.data.models import load_model
-    from tl_diffusion_prior.data.sources import corpus_token_source
-    from tl_diffusion_prior.evaluate.baselines.base import load_baseline
-    from tl_diffusion_prior.evaluate.plan import (
-        Baselines,
-        check_baselines,
-        check_priors_match,
-        check_train_source,
-        fit_baselines,
-    )
-    from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
-    from tl_diffusion_prior.priors import load_prior
-
     # Before anything loads: a bad --out must not cost a whole evaluation.
     out = check_output_dir(
         args.out,
@@ -109,38 +151,15 @@ def run_eval(args: argparse.Namespace) -> int:
         is_ours=is_report_dir,
     )
     settings = _settings(args)
-    priors = [load_prior(path, device=args.device) for path in args.prior]
+    priors = _load_priors(args.prior, args.device)
     hook_name, model_name = priors[0].config.hook_name, priors[0].config.model_name
-    for prior, path in zip(priors, args.prior, strict=True):
-        if prior.config.model_name != model_name:
-            raise ValueError(
-                f"{path} was trained on {prior.config.model_name!r}, the first prior on "
-                f"{model_name!r}; evaluate priors of one model together."
-            )
-    model = load_model(model_name, device=args.device)
+    # Read before the model loads and rows are captured, checked once the model is known.
+    loaded_baselines = _load_baselines(Path(args.baselines)) if args.baselines else None
+    model = models.load_model(model_name, device=args.device)
     fingerprint = check_priors_match(model, priors)
-    if args.buffer:
-        train = ActivationRingBuffer.load(args.buffer, device=args.device)
-        check_train_source(train, hook_name, fingerprint)
-    else:
-        # The same packed batches of the corpus's train split the trainer captures from.
-        source = corpus_token_source(
-            model.tokenizer,
-            "train",
-            batch_size=16,
-            ctx=settings.resolved_seq_len(priors),
-            shuffle_seed=settings.seed,
-        )
-        train = fill_buffer(model, source, hook_name, settings.max_train_rows)
-    if args.baselines:
-        folder = Path(args.baselines)
-        loaded = [load_baseline(p) for p in sorted(folder.iterdir()) if p.is_dir()]
-        gaussians = [b for b in loaded if b.config.kind == "gaussian"]
-        if len(gaussians) != 1:
-            raise ValueError(
-                f"{folder} must hold exactly one gaussian baseline, found {len(gaussians)}."
-            )
-        baselines = Baselines(gaussians[0], [b for b in loaded if b.config.kind == "topk_sae"])
+    train = _training_rows(args, model, settings, priors, fingerprint)
+    if loaded_baselines is not None:
+        baselines = loaded_baselines
         check_baselines(baselines, hook_name, model_name, fingerprint)
     else:
         baselines = fit_baselines(
