@@ -24,47 +24,20 @@ ROOT = Path(tl_diffusion_prior.__file__).parent
 
 # What each stage may import besides itself. ``constants`` is a leaf every stage may use; the
 # package's ``__init__`` gathers the public API from every stage but ``cli``.
+_BEFORE_STEERING = {"constants", "core", "data", "capture", "priors"}
+_LIBRARY = _BEFORE_STEERING | {"training", "steering", "evaluate"}
 ALLOWED: dict[str, set[str]] = {
     "constants": set(),
     "core": {"constants"},
     "data": {"constants", "core"},
     "capture": {"constants", "core", "data"},
     "priors": {"constants", "core"},
-    "training": {"constants", "core", "data", "capture", "priors"},
-    "steering": {"constants", "core", "data", "capture", "priors"},
-    "evaluate": {"constants", "core", "data", "capture", "priors", "training", "steering"},
-    "recipes": {
-        "constants",
-        "core",
-        "data",
-        "capture",
-        "priors",
-        "training",
-        "steering",
-        "evaluate",
-    },
-    "cli": {
-        "constants",
-        "core",
-        "data",
-        "capture",
-        "priors",
-        "training",
-        "steering",
-        "evaluate",
-        "recipes",
-    },
-    "__init__": {
-        "constants",
-        "core",
-        "data",
-        "capture",
-        "priors",
-        "training",
-        "steering",
-        "evaluate",
-        "recipes",
-    },
+    "training": _BEFORE_STEERING,
+    "steering": _BEFORE_STEERING,
+    "evaluate": _BEFORE_STEERING | {"training", "steering"},
+    "recipes": _LIBRARY,
+    "cli": _LIBRARY | {"recipes"},
+    "__init__": _LIBRARY | {"recipes"},
 }
 
 

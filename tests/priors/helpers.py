@@ -7,6 +7,7 @@ architecture missing here.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -112,3 +113,15 @@ class SyntheticManifold:
         chol = torch.linalg.cholesky(cov)
         eps = torch.randn(n, self.d, generator=generator, dtype=torch.float64)
         return (mean + eps @ chol.T).float()
+
+
+@contextlib.contextmanager
+def single_thread():
+    # Two cores shared by several processes: intra-op threads spin-wait on each other and make
+    # tiny matmuls ~10x slower, so training fixtures run on one thread.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,4 +1,3 @@
-import contextlib
 import math
 
 import numpy as np
@@ -7,21 +6,9 @@ import torch
 
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
 
-from .helpers import SyntheticManifold, build_tiny_prior, randomize_
+from .helpers import SyntheticManifold, build_tiny_prior, randomize_, single_thread
 
 HOOK = dict(hook_name="blocks.0.hook_resid_post", model_name="tiny-test")
-
-
-@contextlib.contextmanager
-def single_thread():
-    # Two cores shared by several processes: intra-op threads mostly spin-wait on each other and
-    # make these tiny matmuls ~10x slower, so the training fixture runs on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ---------------------------------------------------------------------------- config / network

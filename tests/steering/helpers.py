@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch import Tensor, nn
 from transformer_lens import HookedTransformer
@@ -117,15 +115,3 @@ def greedy(model: HookedTransformer, tokens: Tensor, n: int, use_cache: bool = T
         verbose=False,
         use_past_kv_cache=use_cache,
     )
-
-
-@contextlib.contextmanager
-def single_thread():
-    # Two cores shared by several processes: intra-op threads spin-wait on each other and make
-    # tiny matmuls ~10x slower, so training fixtures run on one thread.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

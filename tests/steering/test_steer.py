@@ -5,8 +5,8 @@ import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tests.conftest import build_tiny_model
-from tests.priors.helpers import SyntheticManifold, randomize_
-from tests.steering.helpers import RecordingPrior, greedy, hook_state, single_thread
+from tests.priors.helpers import SyntheticManifold, randomize_, single_thread
+from tests.steering.helpers import RecordingPrior, greedy, hook_state
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
 from tl_diffusion_prior.steering import (
     SteeringConfig,
