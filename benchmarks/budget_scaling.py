@@ -31,7 +31,12 @@ from benchmark_setup import add_data_arguments, model_and_activations  # noqa: E
 from tl_diffusion_prior.constants import DEFAULT_HOOK  # noqa: E402
 from tl_diffusion_prior.evaluate.plan import fit_baselines  # noqa: E402
 from tl_diffusion_prior.evaluate.report import run_evaluation  # noqa: E402
-from tl_diffusion_prior.recipes import build_priors, demo_eval_settings, train_demo_prior  # noqa: E402
+from tl_diffusion_prior.recipes import (  # noqa: E402
+    build_priors,
+    calibrate_steps,
+    demo_eval_settings,
+    train_demo_prior,
+)
 
 RATIOS = {
     "val / Gaussian ref": lambda row: row["val_over_reference"],
@@ -79,9 +84,8 @@ def main() -> None:
             prior = build_priors(model)[args.prior]
             run_dir = Path(tmp) / f"{budget:g}"
             started = time.perf_counter()
-            result = train_demo_prior(
-                args.prior, prior, buffer, val_acts, replace(scale, train_seconds=budget), run_dir
-            )
+            steps = calibrate_steps(prior, buffer, scale.batch_size, budget)
+            result = train_demo_prior(args.prior, prior, buffer, val_acts, scale, run_dir, steps)
             train_s = time.perf_counter() - started
             report = run_evaluation(
                 model, [prior], buffer, settings, prior_names=[args.prior], baselines=baselines

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from benchmark_setup import add_data_arguments, model_and_activations
 
-from tl_diffusion_prior.recipes import build_priors, train_demo_prior
+from tl_diffusion_prior.recipes import build_priors, calibrate_steps, train_demo_prior
 
 
 def main() -> None:
@@ -28,13 +28,12 @@ def main() -> None:
     add_data_arguments(parser, n_train=60_000, n_val=4_000)
     args = parser.parse_args()
 
-    model, scale, buffer, val_acts = model_and_activations(
-        args, train_seconds=args.seconds, batch_size=args.batch_size
-    )
+    model, scale, buffer, val_acts = model_and_activations(args, batch_size=args.batch_size)
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for name, prior in build_priors(model).items():
-            result = train_demo_prior(name, prior, buffer, val_acts, scale, Path(out))
+            steps = calibrate_steps(prior, buffer, scale.batch_size, args.seconds)
+            result = train_demo_prior(name, prior, buffer, val_acts, scale, Path(out), steps)
             rows.append((name, prior.num_parameters, result))
 
     print(

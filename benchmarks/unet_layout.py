@@ -28,7 +28,7 @@ from benchmark_setup import add_data_arguments, model_and_activations
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
 from tl_diffusion_prior.priors import UNetPrior, UNetPriorConfig
-from tl_diffusion_prior.recipes import train_demo_prior
+from tl_diffusion_prior.recipes import calibrate_steps, train_demo_prior
 from tl_diffusion_prior.training import FIT_ROWS
 
 
@@ -45,9 +45,7 @@ def main() -> None:
     add_data_arguments(parser, n_train=60_000, n_val=8_000)
     args = parser.parse_args()
 
-    model, scale, buffer, val_acts = model_and_activations(
-        args, train_seconds=args.seconds, batch_size=args.batch_size
-    )
+    model, scale, buffer, val_acts = model_and_activations(args, batch_size=args.batch_size)
     clean = val_acts[: args.n_denoise]
     noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
     names = dict(d_model=model.cfg.d_model, hook_name=DEFAULT_HOOK, model_name=model.cfg.model_name)
@@ -57,8 +55,9 @@ def main() -> None:
         for layout in ("identity", "spectral"):
             torch.manual_seed(0)
             prior = UNetPrior(UNetPriorConfig.preset("cpu", layout=layout, **names))
+            steps = calibrate_steps(prior, buffer, scale.batch_size, args.seconds)
             result = train_demo_prior(
-                f"unet-{layout}", prior, buffer, val_acts, scale, Path(out) / layout
+                f"unet-{layout}", prior, buffer, val_acts, scale, Path(out) / layout, steps
             )
             if layout == "identity":
                 # The same prior before any step: fit_data on the same rows, output layer zero.

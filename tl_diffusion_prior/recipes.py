@@ -106,7 +106,9 @@ class DemoScale:
         n_train: activations captured from the corpus's training split.
         n_val: held-out activations (validation loss and evaluation).
         ctx: tokens per captured sequence.
-        train_seconds: wall-clock budget per prior; steps are calibrated to fit it.
+        train_samples: training rows per prior design (``"mlp"``, ``"unet"``); the steps are
+            ``train_samples // batch_size``, so a run does the same training on a busy machine as
+            on an idle one.
         batch_size: training batch size.
         eval_sequences: held-out sequences per evaluation set.
         max_new_tokens: tokens generated in the steering example.
@@ -117,7 +119,7 @@ class DemoScale:
     n_train: int
     n_val: int
     ctx: int
-    train_seconds: float
+    train_samples: dict[str, int]
     batch_size: int
     eval_sequences: int
     max_new_tokens: int
@@ -125,13 +127,16 @@ class DemoScale:
 
 
 # Sizes for ~15 minutes on an idle 2-core CPU at "default" (the UNet's 20-step denoising dominates
-# the evaluation); "long" trains SAEs and priors properly and sweeps more.
+# the evaluation); "long" trains SAEs and priors properly and sweeps more. The training samples are
+# what a time budget gave on an idle 2-core CPU (2,080 MLP and 274 UNet samples/s): "default" is
+# the 564 and 87 steps of 512 that the README's 130-s demo run of 2026-11-22 trained, "long" about
+# 900 s each, "quick" the 10-step minimum.
 SCALES = {
     "quick": DemoScale(
         n_train=4_000,
         n_val=1_000,
         ctx=64,
-        train_seconds=8.0,
+        train_samples={"mlp": 1_280, "unet": 1_280},
         batch_size=128,
         eval_sequences=4,
         max_new_tokens=8,
@@ -148,7 +153,7 @@ SCALES = {
         n_train=100_000,
         n_val=8_000,
         ctx=128,
-        train_seconds=130.0,
+        train_samples={"mlp": 564 * 512, "unet": 87 * 512},
         batch_size=512,
         eval_sequences=8,
         max_new_tokens=24,
@@ -165,7 +170,7 @@ SCALES = {
         n_train=400_000,
         n_val=16_000,
         ctx=128,
-        train_seconds=900.0,
+        train_samples={"mlp": 1_800 * 1024, "unet": 240 * 1024},
         batch_size=1024,
         eval_sequences=128,
         max_new_tokens=40,
@@ -211,7 +216,11 @@ def build_priors(model, hook: str = DEFAULT_HOOK) -> dict[str, DiffusionPrior]:
 
 
 def calibrate_steps(prior: DiffusionPrior, buffer, batch_size: int, seconds: float) -> int:
-    """Training steps that fit in ``seconds``, from timing a few steps on a throwaway copy."""
+    """Training steps that fit in ``seconds``, from timing a few steps on a throwaway copy.
+
+    For time-budget benchmarks and tutorials: the result depends on the machine's load, so the
+    demo sizes its training in samples instead (``DemoScale.train_samples``).
+    """
     probe = copy.deepcopy(prior)
     probe.set_normalization(buffer.mean(0), buffer.var(0))
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
@@ -235,8 +244,12 @@ def train_demo_prior(
     val_acts: torch.Tensor,
     scale: DemoScale,
     out: Path,
+    steps: int | None = None,
 ) -> TrainResult:
-    steps = calibrate_steps(prior, buffer, scale.batch_size, scale.train_seconds)
+    """Train ``prior`` for ``steps`` (default: its ``scale.train_samples`` in batches), validate
+    on ``val_acts``, checkpoint under ``out/runs/<name>`` and save it to ``out/priors/<name>``."""
+    if steps is None:
+        steps = max(1, scale.train_samples[prior.config.architecture] // scale.batch_size)
     config = TrainConfig(
         steps=steps,
         batch_size=scale.batch_size,
@@ -246,7 +259,6 @@ def train_demo_prior(
         val_size=min(len(val_acts), 4096),
         checkpoint_every=max(1, steps // 2),
         checkpoint_dir=str(out / RUNS_DIRNAME / name),
-        time_budget_s=scale.train_seconds * 1.3,
     )
     print(f"{name}: {prior.num_parameters:,} parameters, {steps} steps of {scale.batch_size}")
     result = train_prior(prior, buffer, config, val_activations=val_acts, resume=False)
