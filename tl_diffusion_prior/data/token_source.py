@@ -24,7 +24,6 @@ again continues from the current position; ``reset()`` goes back to the start.
 
 from __future__ import annotations
 
-import abc
 import copy
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -37,53 +36,10 @@ from torch import Tensor
 
 from tl_diffusion_prior.core.validation import check_int
 from tl_diffusion_prior.data.corpus import Document
+from tl_diffusion_prior.data.source_base import TokenSource, check_shard
 
 STATE_FORMAT_VERSION = 1
 _ROWS_PER_BLOCK = 256  # rows cut from the stream at a time: large enough for fast numpy slicing
-
-
-class TokenSource(abc.ABC):
-    """An iterable of ``Int[Tensor, "batch ctx"]`` (``torch.long``) batches with a position.
-
-    Attributes:
-        batch_size: Rows per batch.
-        ctx: Tokens per row.
-        rank: This shard's index in ``[0, world_size)``.
-        world_size: Number of shards the batches are dealt to.
-    """
-
-    batch_size: int
-    ctx: int
-    rank: int
-    world_size: int
-
-    @abc.abstractmethod
-    def __iter__(self) -> Iterator[Int[Tensor, "batch ctx"]]:
-        """Yield batches from the current position on."""
-
-    @abc.abstractmethod
-    def state_dict(self) -> dict[str, Any]:
-        """JSON-able position (and the settings it is only valid for)."""
-
-    @abc.abstractmethod
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Move to the position saved by ``state_dict()``."""
-
-    @abc.abstractmethod
-    def shard(self, rank: int, world_size: int) -> TokenSource:
-        """A copy at the start that yields only shard ``rank`` of ``world_size``."""
-
-
-def _check_shard(rank: Any, world_size: Any) -> None:
-    check_int("world_size", world_size, minimum=1)
-    check_int(
-        "rank",
-        rank,
-        minimum=0,
-        maximum=world_size - 1,
-        hint=f"Pass the process's rank below world_size={world_size}, e.g. "
-        "torch.distributed.get_rank().",
-    )
 
 
 def _as_text(item: Any) -> str:
@@ -154,7 +110,7 @@ class TextTokenSource(TokenSource):
         check_int("encode_batch", encode_batch, minimum=1)
         if epochs is not None:
             check_int("epochs", epochs, minimum=1)
-        _check_shard(rank, world_size)
+        check_shard(rank, world_size)
         self._is_sequence = isinstance(texts, Sequence)
         if shuffle_seed is not None and not self._is_sequence:
             raise ValueError(
@@ -423,7 +379,7 @@ class TextTokenSource(TokenSource):
 
         The copy shares the texts, tokenizer and token cache (read-only after tokenising).
         """
-        _check_shard(rank, world_size)
+        check_shard(rank, world_size)
         sharded = copy.copy(self)
         sharded.rank, sharded.world_size, sharded._batches_yielded = rank, world_size, 0
         return sharded
