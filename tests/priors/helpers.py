@@ -125,3 +125,44 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def train_on_manifold(model_name: str = "tiny-test", steps: int = 1200):
+    """A small MLP prior fitted for a few seconds to a torus embedded in 16 dims.
+
+    Returns ``(prior in eval mode, manifold, training data)``; the same seeds give the same prior.
+    """
+    from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
+
+    manifold = SyntheticManifold(d=16, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    data = manifold.sample(20_000, gen)
+    torch.manual_seed(0)
+    config = MLPPriorConfig(
+        d_model=16,
+        hook_name="blocks.0.hook_resid_post",
+        model_name=model_name,
+        depth=2,
+        d_hidden=64,
+        d_mlp=128,
+        time_embed_dim=32,
+        d_time=32,
+    )
+    prior = MLPPrior(config)
+    prior.set_normalization(data.double().mean(0), data.double().var(0, unbiased=False))
+    warmup = 50
+    optimizer = torch.optim.AdamW(prior.parameters(), lr=1e-2, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps)),
+    )
+    with single_thread():
+        for _ in range(steps):
+            batch = data[torch.randint(0, len(data), (128,), generator=gen)]
+            loss = prior.loss(batch, generator=gen)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+    return prior.eval(), manifold, data

@@ -6,7 +6,7 @@ import torch
 
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
 
-from .helpers import SyntheticManifold, build_tiny_prior, randomize_, single_thread
+from .helpers import build_tiny_prior, randomize_, single_thread, train_on_manifold
 
 HOOK = dict(hook_name="blocks.0.hook_resid_post", model_name="tiny-test")
 
@@ -133,31 +133,7 @@ def test_gaussian_reference_rejects_bad_spectra():
 @pytest.fixture(scope="module")
 def trained():
     """A small MLP prior fitted for a few seconds to a torus embedded in 16 dims."""
-    manifold = SyntheticManifold(d=16, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    data = manifold.sample(20_000, gen)
-    torch.manual_seed(0)
-    cfg = MLPPriorConfig(
-        d_model=16, depth=2, d_hidden=64, d_mlp=128, time_embed_dim=32, d_time=32, **HOOK
-    )
-    prior = MLPPrior(cfg)
-    prior.set_normalization(data.double().mean(0), data.double().var(0, unbiased=False))
-    steps, warmup = 1200, 50
-    opt = torch.optim.AdamW(prior.parameters(), lr=1e-2, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps)),
-    )
-    with single_thread():
-        for _ in range(steps):
-            batch = data[torch.randint(0, len(data), (128,), generator=gen)]
-            loss = prior.loss(batch, generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
-            opt.step()
-            sched.step()
-    return prior.eval(), manifold, data
+    return train_on_manifold()
 
 
 def test_trained_loss_beats_the_gaussian_reference(trained):

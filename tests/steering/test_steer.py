@@ -1,11 +1,9 @@
-import math
-
 import pytest
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from tests.conftest import build_tiny_model
-from tests.priors.helpers import SyntheticManifold, randomize_, single_thread
+from tests.priors.helpers import randomize_, train_on_manifold
 from tests.steering.helpers import RecordingPrior, greedy, hook_state
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
 from tl_diffusion_prior.steering import (
@@ -465,38 +463,8 @@ def test_a_config_and_keyword_overrides_steer_alike(tiny_model):
 @pytest.fixture(scope="module")
 def manifold_and_prior():
     """A small MLP prior fitted in a few seconds to a torus embedded in 16 dims."""
-    manifold = SyntheticManifold(d=16, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    data = manifold.sample(20_000, gen)
-    torch.manual_seed(0)
-    config = MLPPriorConfig(
-        d_model=16,
-        hook_name=HOOK,
-        model_name="custom",
-        depth=2,
-        d_hidden=64,
-        d_mlp=128,
-        time_embed_dim=32,
-        d_time=32,
-    )
-    prior = MLPPrior(config)
-    prior.set_normalization(data.double().mean(0), data.double().var(0, unbiased=False))
-    steps, warmup = 1200, 50
-    optimizer = torch.optim.AdamW(prior.parameters(), lr=1e-2, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min(1.0, (s + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * s / steps)),
-    )
-    with single_thread():
-        for _ in range(steps):
-            batch = data[torch.randint(0, len(data), (128,), generator=gen)]
-            loss = prior.loss(batch, generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
-            optimizer.step()
-            schedule.step()
-    return manifold, prior.eval()
+    prior, manifold, _ = train_on_manifold(model_name="custom")
+    return manifold, prior
 
 
 def test_prior_pulls_steered_activations_back_towards_the_manifold(manifold_and_prior):
