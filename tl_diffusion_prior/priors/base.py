@@ -58,8 +58,6 @@ class PriorConfig(PretrainedConfig):
             ``"blocks.15.hook_resid_post"``.
         model_name: Name of the source model, e.g. ``"SmolLM2-135M-Instruct"``.
         norm_eps: Epsilon of the normaliser, ``std = sqrt(var + norm_eps)``.
-        training: Provenance written by the trainer (steps, tokens, corpus, date, losses). Must be
-            JSON-serialisable.
         format_version: On-disk format version; files from a newer version are rejected.
     """
 

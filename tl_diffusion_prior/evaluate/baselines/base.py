@@ -52,7 +52,6 @@ class BaselineConfig(PretrainedConfig):
         hook_name: Hook the training activations came from (provenance; may be empty).
         model_name: Source model (provenance; may be empty).
         norm_eps: Epsilon of the normaliser, ``std = sqrt(var + norm_eps)``.
-        training: JSON-serialisable provenance written by the fitting code (rows, steps, losses).
         format_version: On-disk format version; newer files are rejected.
     """
 
