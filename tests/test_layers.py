@@ -202,3 +202,44 @@ def test_a_cycle_through_a_relative_import_is_caught(fake_package):
     assert cycles(graph) == [
         ["tl_diffusion_prior.evaluate.markdown", "tl_diffusion_prior.evaluate.report"]
     ]
+
+
+# A module over ~400 lines or a function over ~80 no longer reads as one piece (the layout's size
+# limits); the command line and the recipes collect what the stages share, so only their functions
+# are bounded.
+MAX_MODULE_LINES = 410
+MAX_FUNCTION_LINES = 80
+
+
+def oversized(root: Path = ROOT, package: str = PACKAGE) -> list[str]:
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        source = path.read_text()
+        module = module_name(path, root, package)
+        lines = len(source.splitlines())
+        if stage_of(module) not in ("cli", "recipes") and lines > MAX_MODULE_LINES:
+            found.append(f"{module}: {lines} lines")
+        for node in ast.walk(ast.parse(source, str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    found.append(f"{module}.{node.name}: {length} lines")
+    return found
+
+
+def test_modules_and_functions_stay_small():
+    assert oversized() == []
+
+
+def test_an_oversized_function_or_module_is_caught(tmp_path):
+    root = tmp_path / PACKAGE
+    (root / "core").mkdir(parents=True)
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    (root / "core" / "big.py").write_text(f"def big():\n{body}\n")
+    (root / "core" / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))
+    (root / "cli").mkdir()
+    (root / "cli" / "long.py").write_text("x = 1\n" * (MAX_MODULE_LINES + 1))  # allowed
+    assert oversized(root) == [
+        f"{PACKAGE}.core.big.big: {MAX_FUNCTION_LINES + 1} lines",
+        f"{PACKAGE}.core.long: {MAX_MODULE_LINES + 1} lines",
+    ]
