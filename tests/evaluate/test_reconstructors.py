@@ -11,6 +11,7 @@ from tl_diffusion_prior.evaluate.reconstructors import (
     PCAReconstructor,
     PriorReconstructor,
     Reconstructor,
+    RoundTripReconstructor,
     SAEReconstructor,
     label,
     noise_std_to_t,
@@ -106,3 +107,20 @@ def test_invalid_arguments(gaussian, prior):
         PriorReconstructor(prior, 0.5, 0)
     with pytest.raises(TypeError):
         PCAReconstructor(prior, 3)
+
+
+def test_round_trip_renoises_the_noisy_input_while_matched_t_adds_no_noise(x, prior):
+    matched = PriorReconstructor(prior, 0.5, 3)
+    round_trip = RoundTripReconstructor(matched)
+    noisy = x[:8] + torch.randn(8, D, generator=torch.Generator().manual_seed(1))
+
+    def run(method, seed):
+        return method.restore(noisy, 1.0, generator=torch.Generator().manual_seed(seed))
+
+    # Matched t starts from the noisy input itself: the generator plays no part.
+    assert torch.equal(run(matched, 0), run(matched, 1))
+    # The round trip draws fresh noise (so depends on the generator) and equals reconstruct.
+    assert not torch.allclose(run(round_trip, 0), run(round_trip, 1))
+    expected = matched.reconstruct(noisy, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(run(round_trip, 0), expected)
+    assert round_trip.name == "mlp prior round trip" and round_trip.setting == matched.setting

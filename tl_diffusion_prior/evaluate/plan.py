@@ -34,11 +34,16 @@ from tl_diffusion_prior.evaluate.reconstructors import (
     PCAReconstructor,
     PriorReconstructor,
     Reconstructor,
+    RoundTripReconstructor,
     SAEReconstructor,
     noise_std_to_t,
 )
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.priors.base import DiffusionPrior
+
+# Method names of the restoration protocols (see build_plan).
+WIENER_FILTER = "Wiener filter"
+ROUND_TRIP_SUFFIX = " round trip"
 
 
 @dataclass
@@ -199,8 +204,11 @@ def build_plan(
     """Every (condition, methods) pair of a run (see module docstring).
 
     Reconstruction sweeps PCA over ``pca_ks``, every SAE, and the Gaussian posterior and each prior
-    over ``ts``. Restoration from noise of std ``s`` runs the Gaussian posterior and the priors at
-    ``t = s / (1 + s)`` (the level the noisy input sits at) and PCA/SAE at every setting.
+    over ``ts``. Restoration from noise of std ``s`` runs two protocols: *matched t*, where the
+    priors and the Gaussian posterior start at ``t = s / (1 + s)``, the level the noisy input
+    already sits at, with no extra noise (the Gaussian posterior mean there is the Wiener filter,
+    named so); and the paper's *round trip* (``"<prior> round trip"``), which noises the noisy
+    input again to ``headline_t`` and denoises. PCA and the SAEs run at every setting.
     Steering restoration adds ``scale * mean_norm * unit(vector)`` and reconstructs at
     ``steer_ts``.
     """
@@ -217,8 +225,17 @@ def build_plan(
     for std in settings.noise_stds:
         t = noise_std_to_t(std)
         methods: list[Reconstructor] = [IdentityReconstructor(), *pcas, *saes]
-        methods += [GaussianPosteriorReconstructor(g, t, m) for m in settings.gaussian_modes]
+        methods += [
+            GaussianPosteriorReconstructor(g, t, m, name=WIENER_FILTER if m == "mean" else None)
+            for m in settings.gaussian_modes
+        ]
         methods += prior_reconstructors(priors, names, t, steps, one_step)
+        methods += [
+            RoundTripReconstructor(
+                PriorReconstructor(p, settings.headline_t, steps), f"{n}{ROUND_TRIP_SUFFIX}"
+            )
+            for p, n in zip(priors, names, strict=True)
+        ]
         plan.append((Condition("noise", noise_std=std), methods))
     for vec_name, vector in (steer_vectors or {}).items():
         unit = vector.float().cpu() / vector.float().norm().clamp_min(1e-12)

@@ -8,8 +8,12 @@ Every metric takes :class:`Reconstructor` objects, so priors and baselines are t
 * ``restore(x_noisy, noise_std)``: restoration of ``x + noise_std * eps`` (``eps`` standard normal
   in normalised space). For the priors and the Gaussian posterior the perturbed vector already *is*
   a point on the noise path: ``z + s eps`` scaled by ``1 - t`` with ``t = s / (1 + s)`` equals
-  ``(1 - t) z + t eps``, so restoration is ``denoise(x_noisy, t_start=s / (1 + s), noise=0)``. For
-  PCA and the SAE it is the reconstruction of the noisy input; the identity leaves it alone.
+  ``(1 - t) z + t eps``, so restoration is ``denoise(x_noisy, t_start=s / (1 + s), noise=0)``: the
+  *matched-t* protocol, which uses what is known about the noise and adds none. The Gaussian
+  posterior mean at the matched ``t`` is the Wiener filter. For PCA and the SAE restoration is the
+  reconstruction of the noisy input; the identity leaves it alone ("noise left alone").
+  :class:`RoundTripReconstructor` gives the other protocol, the paper's round trip: noise the
+  already-noisy input again to a fixed ``t`` and denoise from there.
 
 Each reconstructor carries ``name`` (the method, one curve per name) and ``setting`` (its knob
 values, JSON-ready), which the report records next to every number.
@@ -189,3 +193,25 @@ class PriorReconstructor:
             return x_noisy.clone()
         zeros = torch.zeros_like(x_noisy)
         return self.prior.denoise(x_noisy, t_start=t, num_steps=self.num_steps, noise=zeros)
+
+
+class RoundTripReconstructor:
+    """Restoration by the paper's round trip: the noisy input is noised *again* to the inner
+    prior's ``t_start`` with fresh noise and denoised, ignoring that it is already noisy.
+
+    Reported beside the matched-t restoration (:meth:`PriorReconstructor.restore`) so the cost of
+    throwing away what is known about the noise is visible; reconstruction is unchanged.
+    """
+
+    def __init__(self, inner: PriorReconstructor, name: str | None = None) -> None:
+        if not isinstance(inner, PriorReconstructor):
+            raise TypeError(f"inner must be a PriorReconstructor, got {type(inner).__name__}.")
+        self.inner = inner
+        self.name = name or f"{inner.name} round trip"
+        self.setting = dict(inner.setting)
+
+    def reconstruct(self, x, *, generator=None):
+        return self.inner.reconstruct(x, generator=generator)
+
+    def restore(self, x_noisy, noise_std, *, generator=None):
+        return self.inner.reconstruct(x_noisy, generator=generator)
