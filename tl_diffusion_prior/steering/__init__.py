@@ -1,6 +1,10 @@
 """Stage 5: steering vectors, and hooks that add them and denoise with a prior."""
 
-from tl_diffusion_prior.steering.config import SteeringConfig, reference_norm_from_prior
+from tl_diffusion_prior.steering.config import (
+    SteeringConfig,
+    added_vector,
+    reference_norm_from_prior,
+)
 from tl_diffusion_prior.steering.positions import steering_suspended
 from tl_diffusion_prior.steering.steer import (
     DENOISED_HOOK,
@@ -16,6 +20,7 @@ __all__ = [
     "STEERED_HOOK",
     "SteeringConfig",
     "SteeringHandle",
+    "added_vector",
     "attach_steering",
     "mean_activation_norm",
     "prompt_tokens",

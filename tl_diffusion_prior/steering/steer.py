@@ -1,7 +1,7 @@
 """Activation steering at a TransformerLens hook, optionally projected back on-manifold by a prior.
 
-    with steer(model, "blocks.15.hook_resid_post", vector, scale=4.0, prior=prior,
-               scale_mode="relative", seed=0):
+    with steer(model, "blocks.15.hook_resid_post", vector, scale=0.25, prior=prior,
+               scale_mode="relative", seed=0):  # adds 0.25 x the mean activation norm
         model.generate("I think", max_new_tokens=40, do_sample=False)
 
 or ``handle = attach_steering(...)`` ... ``handle.detach()``.
@@ -9,8 +9,11 @@ or ``handle = attach_steering(...)`` ... ``handle.detach()``.
 What the hook does at every steered position (see :mod:`~tl_diffusion_prior.steering.positions`
 for which positions those are, with and without the KV cache):
 
-1. add ``alpha * vector``; the whole tensor then passes through the new hook point
-   ``<hook>.hook_steered``;
+1. add ``delta``: ``scale * vector`` with ``scale_mode="absolute"`` (the default), or
+   ``scale * reference_norm * vector / ||vector||`` with ``"relative"`` (a vector of norm ``r``
+   times the reference activation norm, whatever the given vector's norm; see
+   :func:`~tl_diffusion_prior.steering.config.added_vector`); the whole tensor then passes
+   through the new hook point ``<hook>.hook_steered``;
 2. with a prior, the steered positions (all of them, in one batched call) are replaced by
    ``prior.denoise(x, t_start, num_steps, noise=...)``; the whole tensor then passes through
    ``<hook>.hook_denoised``. The noise at a position is a function of the seed, the row's tokens
@@ -51,10 +54,7 @@ from transformer_lens.hook_points import HookPoint
 
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.steering.config import (
-    SteeringConfig,
-    reference_norm_from_prior,
-)
+from tl_diffusion_prior.steering.config import SteeringConfig, added_vector
 from tl_diffusion_prior.steering.noise import MAX_SEED, PositionNoise
 from tl_diffusion_prior.steering.positions import PositionTracker
 
@@ -69,7 +69,10 @@ class SteeringHandle:
         hook_name: The host hook.
         steered_hook_name: ``<hook>.hook_steered``.
         denoised_hook_name: ``<hook>.hook_denoised``, or None without a prior.
-        alpha: The absolute scale added (``scale``, or ``scale * reference norm``).
+        alpha: ``scale`` (absolute mode), or ``scale * reference norm`` (relative mode: the norm
+            of the vector added).
+        delta: The ``[d_model]`` vector added at every steered position (``alpha * vector``, or
+            ``alpha * vector / ||vector||`` in relative mode).
         seed: The seed of the denoising noise.
         config: The :class:`SteeringConfig`.
     """
@@ -82,6 +85,7 @@ class SteeringHandle:
         prior: DiffusionPrior | None,
         config: SteeringConfig,
         alpha: float,
+        delta: Tensor,
         seed: int,
     ) -> None:
         self.model = model
@@ -95,7 +99,7 @@ class SteeringHandle:
         self.steered_hook_name = f"{hook_name}.{STEERED_HOOK}"
         self.denoised_hook_name = f"{hook_name}.{DENOISED_HOOK}" if prior is not None else None
         self._host: HookPoint = model.hook_dict[hook_name]
-        self._delta = (alpha * vector.double()).to(vector.dtype)
+        self.delta = delta
         self._noise = PositionNoise(seed, vector.shape[0], vector.device)
         self._points: dict[str, HookPoint] = {}
         self._lens_handle = None
@@ -180,7 +184,7 @@ class SteeringHandle:
         batch, n_new, _ = activation.shape
         call = tracker.call_positions(self.layer, batch, n_new)
         mask = call.steer_mask(self.config.positions, activation.device)
-        steered = torch.addcmul(activation, mask.unsqueeze(-1).to(activation.dtype), self._delta)
+        steered = torch.addcmul(activation, mask.unsqueeze(-1).to(activation.dtype), self.delta)
         steered = self._through(self._points[STEERED_HOOK], steered, activation)
         if self.prior is None:
             return steered
@@ -204,17 +208,17 @@ class SteeringHandle:
         return self._through(self._points[DENOISED_HOOK], out, activation)
 
     def _check_activation(self, activation: Tensor) -> None:
-        if activation.ndim != 3 or activation.shape[-1] != self._delta.shape[0]:
+        if activation.ndim != 3 or activation.shape[-1] != self.delta.shape[0]:
             raise ValueError(
                 f"Steering at {self.hook_name!r} needs a [batch, pos, "
-                f"d_model={self._delta.shape[0]}] activation, got shape "
+                f"d_model={self.delta.shape[0]}] activation, got shape "
                 f"{tuple(activation.shape)}; steer a residual-stream hook such as "
                 "'blocks.L.hook_resid_post'."
             )
-        if activation.dtype != self._delta.dtype or activation.device != self._delta.device:
+        if activation.dtype != self.delta.dtype or activation.device != self.delta.device:
             raise ValueError(
                 f"The activation at {self.hook_name!r} is {activation.dtype} on {activation.device}"
-                f" but the steering was attached for {self._delta.dtype} on {self._delta.device}; "
+                f" but the steering was attached for {self.delta.dtype} on {self.delta.device}; "
                 "the model was moved or cast after attaching: detach and attach again."
             )
 
@@ -311,22 +315,6 @@ def _check_host_hook(model: HookedTransformer, hook_name: str) -> int:
     return layer
 
 
-def _alpha(config: SteeringConfig, prior: DiffusionPrior | None) -> float:
-    """The multiplier of the vector: ``scale``, or ``scale`` times the reference norm."""
-    if config.scale_mode != "relative":
-        return config.scale
-    norm = config.reference_norm
-    if norm is None:
-        if prior is None:
-            raise ValueError(
-                "scale_mode='relative' needs a reference norm: pass reference_norm= (e.g. "
-                "mean_activation_norm(model, hook_name, texts)) or a prior with fitted "
-                "normaliser statistics."
-            )
-        norm = reference_norm_from_prior(prior)
-    return config.scale * norm
-
-
 def attach_steering(
     model: HookedTransformer,
     hook_name: str,
@@ -343,7 +331,8 @@ def attach_steering(
         model: The HookedTransformer to steer.
         hook_name: Full hook name inside a block, e.g. ``"blocks.15.hook_resid_post"``.
         vector: A ``[d_model]`` tensor in the hooked block's dtype and on its device.
-        scale: ``alpha``, or ``r`` with ``scale_mode="relative"``; may instead come in ``config``.
+        scale: ``alpha`` (adds ``alpha * vector``), or with ``scale_mode="relative"`` ``r``
+            (adds ``r * reference_norm * vector / ||vector||``); may instead come in ``config``.
         prior: A :class:`DiffusionPrior` trained on ``hook_name`` of this model, or None for plain
             activation addition.
         config: A :class:`~tl_diffusion_prior.steering.config.SteeringConfig` with the settings.
@@ -368,13 +357,13 @@ def attach_steering(
             model_name=model.cfg.model_name,
             model=model,
         )
-    alpha = _alpha(config, prior)
+    alpha, delta = added_vector(vector, config, prior)
     resolved_seed = (
         config.seed
         if config.seed is not None
         else int(torch.randint(0, MAX_SEED, (), dtype=torch.int64))
     )
-    handle = SteeringHandle(model, hook_name, vector, prior, config, alpha, resolved_seed)
+    handle = SteeringHandle(model, hook_name, vector, prior, config, alpha, delta, resolved_seed)
     handle._attach()
     return handle
 
