@@ -34,7 +34,7 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from tl_diffusion_prior.constants import DEFAULT_HOOK
 from tl_diffusion_prior.data import load_model
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, load_prior
-from tl_diffusion_prior.steering import steer, steering_vector
+from tl_diffusion_prior.steering import mean_activation_norm, steer, steering_vector
 
 
 class HookPathOnly(MLPPrior):
@@ -69,7 +69,9 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 10, 4])
     parser.add_argument("--prompt", default="The best way to spend a quiet weekend is")
-    parser.add_argument("--scale", type=float, default=4.0, help="absolute steering scale")
+    parser.add_argument(
+        "--scale", type=float, default=0.25, help="r: adds r * the prompt's mean activation norm"
+    )
     parser.add_argument("--repeats", type=int, default=30, help="decode steps timed per mode")
     parser.add_argument("--threads", type=int, help="torch threads for this script")
     parser.add_argument("--device", default=None)
@@ -95,6 +97,8 @@ def main() -> None:
     )
     tokens = model.to_tokens(args.prompt)
     n = args.max_new_tokens
+    # Speed does not depend on the scale; a relative one keeps the steered text realistic.
+    reference_norm = mean_activation_norm(model, hook, args.prompt)
 
     # (mode, prior, num_steps); prior None = plain steering, "off" = no steering at all.
     modes = [("plain generation", "off", 0), ("steered, no prior", None, 0)]
@@ -103,7 +107,17 @@ def main() -> None:
     def attached(mode_prior, steps):
         if mode_prior == "off":
             return _Nothing()
-        return steer(model, hook, vector, args.scale, mode_prior, num_steps=steps or 20, seed=0)
+        return steer(
+            model,
+            hook,
+            vector,
+            args.scale,
+            mode_prior,
+            num_steps=steps or 20,
+            seed=0,
+            scale_mode="relative",
+            reference_norm=reference_norm,
+        )
 
     generate_ms_per_token(model, tokens, 2)  # warm-up
     generation = {}

@@ -2,8 +2,11 @@
 
 Loads a saved prior (by default the MLP prior the demo writes) and runs the evaluation's
 concept-vs-fluency sweep (``evaluate.concept_steering``) for plain steering and for the prior at
-each ``--t-start``: the concept lift and the continuation NLL under the unsteered model, averaged
-over concepts and prompts with 95% bootstrap intervals.
+each ``--t-start``: the concept lift and the continuation NLL under the unsteered model, the
+fraction of continuations the text judge calls fluent (the NLL alone rewards looping text) and the
+held-out concept words per continuation, averaged over concepts and prompts with 95% bootstrap
+intervals. A relative scale ``r`` adds ``r`` times the reference norm along the vector's unit
+direction.
 
     .venv/bin/python benchmarks/steer_fluency.py --prior reports/demo/priors/mlp
 """
@@ -30,7 +33,7 @@ from tl_diffusion_prior.steering import reference_norm_from_prior
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--prior", default="reports/demo/priors/mlp")
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.05, 0.1, 0.25])
+    parser.add_argument("--scales", type=float, nargs="+", default=[0.1, 0.25, 0.5, 1.0])
     parser.add_argument("--t-starts", type=float, nargs="+", default=[0.25, 0.5])
     parser.add_argument("--num-steps", type=int, default=20)
     parser.add_argument("--concepts", type=int, default=2)
@@ -71,12 +74,16 @@ def main() -> None:
         f"prior {args.prior} ({prior.config.architecture}); {args.concepts} concepts x "
         f"{args.prompts} prompts, {args.max_new_tokens} greedy tokens, reference norm {norm:.1f}"
     )
-    print(f"{'method':24s} {'r':>5s} {'concept lift [95% CI]':>26s} {'NLL [95% CI]':>24s}")
+    print(
+        f"{'method':24s} {'r':>5s} {'concept lift [95% CI]':>26s} {'NLL [95% CI]':>24s} "
+        f"{'fluent':>7s} {'lexicon words':>14s}"
+    )
     for label, p in sorted(rows, key=lambda row: (row[0], row[1].scale)):
         c, f = p.concept, p.fluency
         print(
             f"{label:24s} {p.scale:5g} {c.mean:8.2f} [{c.low:6.2f}, {c.high:6.2f}]     "
-            f"{f.mean:6.2f} [{f.low:5.2f}, {f.high:5.2f}]"
+            f"{f.mean:6.2f} [{f.low:5.2f}, {f.high:5.2f}] {p.extra['fluent'].mean:7.2f} "
+            f"{p.extra['lexicon_hits'].mean:14.2f}"
         )
 
 

@@ -31,6 +31,7 @@ from tl_diffusion_prior.constants import (
     RUNS_DIRNAME,
 )
 from tl_diffusion_prior.data import corpus_token_source
+from tl_diffusion_prior.evaluate.concept_lexicons import CONCEPT_LEXICONS
 from tl_diffusion_prior.evaluate.fluency import (
     concept_token_ids,
     mask_after_eos,
@@ -38,6 +39,7 @@ from tl_diffusion_prior.evaluate.fluency import (
 )
 from tl_diffusion_prior.evaluate.report import run_evaluation, write_report
 from tl_diffusion_prior.evaluate.settings import EvalSettings
+from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering import mean_activation_norm, reference_norm_from_prior, steer
@@ -310,13 +312,12 @@ STEER_EXAMPLE = dict(
     negative=["I am so sad and miserable today.", "What a terrible, gloomy funeral."],
     prompt="Tell me about your weekend.",
     concept="happy,joy,wonderful,love",
+    lexicon=CONCEPT_LEXICONS["joy"],
 )
 
 
-# A gentle and a strong relative scale. SmolLM2-135M at layer 15 is fragile: steering every
-# position by 10% of the mean activation norm already turns greedy text into repetition, and at
-# 0.25 into junk tokens, so the gentle scale is 0.05.
-STEER_EXAMPLE_SCALES = (0.05, 0.25)
+# TODO(steering units): re-picked below from measurements.
+STEER_EXAMPLE_SCALES = (0.25, 0.5)
 
 
 @dataclass
@@ -326,27 +327,38 @@ class Generation:
     Attributes:
         label: What was applied, e.g. ``"steered (r=0.25)"``.
         text: The decoded continuation.
-        nll: Mean nats per continuation token under the unsteered model (lower = more fluent).
+        nll: Mean nats per continuation token under the unsteered model (lower = more fluent, but
+            a looping text scores low too: read ``fluent``).
         concept_logprob: Log-probability of the concept words, when some were given.
+        fluent: The text judge's verdict (:func:`~tl_diffusion_prior.evaluate.text_judge.
+            judge_fluency`: no loops, repeated phrases or junk, and a low enough NLL).
+        judge_reasons: Why it is not fluent (empty when it is).
+        distinct_2: Distinct word 2-grams / 2-grams (1 = no repetition).
+        lexicon_hits: Words of the held-out concept lexicon in the text, when one was given.
     """
 
     label: str
     text: str
     nll: float
     concept_logprob: float | None
+    fluent: bool = True
+    judge_reasons: tuple[str, ...] = ()
+    distinct_2: float = 1.0
+    lexicon_hits: int | None = None
 
 
 @dataclass
 class GenerationComparison:
-    """Unsteered, steered and steered + prior continuations of one prompt with the same ``alpha``.
+    """Unsteered, steered and steered + prior continuations of one prompt with the same steering.
 
     Attributes:
         generations: In that order.
         hook_name: The steered hook (the prior's).
-        vector_norm: Norm of the steering vector as given.
+        vector_norm: Norm of the steering vector as given (it plays no part in the added norm).
         reference_norm: The norm ``scale`` is relative to.
         reference_norm_source: Where ``reference_norm`` came from.
-        alpha: ``scale * reference_norm``.
+        alpha: ``scale * reference_norm``: the norm of the vector added at each steered position
+            (along the vector's unit direction).
         positions: Which positions were steered.
     """
 
@@ -357,6 +369,46 @@ class GenerationComparison:
     reference_norm_source: str
     alpha: float
     positions: str
+
+
+def _comparison_reference_norm(
+    model, prior: DiffusionPrior, norm_prompts: list[str] | None
+) -> tuple[float, str]:
+    """The prior's RMS norm when its normaliser is fitted, else the mean norm over the prompts."""
+    if prior.normalizer.is_fitted:
+        return reference_norm_from_prior(prior), "prior's normaliser (RMS norm)"
+    if norm_prompts:
+        norm = mean_activation_norm(model, prior.config.hook_name, norm_prompts)
+        return norm, "the positive and negative prompts"
+    raise ValueError(
+        "The prior's normaliser is not fitted and no norm_prompts were given: pass the "
+        "prompts the reference norm should be measured on."
+    )
+
+
+def _judged_generation(
+    model, label: str, tokens, continuation, concept_ids, concept_lexicon
+) -> Generation:
+    """Score ``continuation`` (NLL, concept log-probability) and judge its text."""
+    eos = model.tokenizer.eos_token_id
+    counted = mask_after_eos(continuation, eos) if eos is not None else None
+    scores = score_continuations(
+        model, tokens, continuation, concept_ids=concept_ids, continuation_mask=counted
+    )
+    text = model.tokenizer.decode(continuation[0], skip_special_tokens=True)
+    nll = scores.nll.item()
+    judgement = judge_fluency(text, nll)
+    concept = scores.concept_logprob
+    return Generation(
+        label=label,
+        text=text,
+        nll=nll,
+        concept_logprob=None if concept is None else concept.item(),
+        fluent=judgement.fluent,
+        judge_reasons=judgement.reasons,
+        distinct_2=judgement.stats.distinct[1],
+        lexicon_hits=None if concept_lexicon is None else lexicon_hits(text, concept_lexicon),
+    )
 
 
 def compare_generations(
@@ -372,29 +424,24 @@ def compare_generations(
     seed: int = 0,
     positions: str = "all",
     concept_words: list[str] | None = None,
+    concept_lexicon: list[str] | tuple[str, ...] | None = None,
     norm_prompts: list[str] | None = None,
 ) -> GenerationComparison:
     """Greedy continuations of ``prompt``: unsteered, steered, and steered then denoised by
-    ``prior``, all at the prior's hook with the relative scale ``scale``.
+    ``prior``, all at the prior's hook with the relative scale ``scale``: the hook adds
+    ``scale * reference_norm`` along ``vector``'s unit direction (its own norm plays no part).
 
     The reference norm is the prior's (RMS of its normaliser) when it is fitted, else the mean
     activation norm over ``norm_prompts``. Each continuation is scored by its NLL under the
-    unsteered model and, with ``concept_words``, their log-probability.
+    unsteered model, judged by :func:`~tl_diffusion_prior.evaluate.text_judge.judge_fluency`
+    (which repetition cannot fool), and, with ``concept_words``, their log-probability, and with
+    ``concept_lexicon``, the count of those held-out words in the text.
     """
     hook_name = prior.config.hook_name
     prior.check_compatible(
         hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
     )
-    if prior.normalizer.is_fitted:
-        norm, norm_source = reference_norm_from_prior(prior), "prior's normaliser (RMS norm)"
-    elif norm_prompts:
-        norm = mean_activation_norm(model, hook_name, norm_prompts)
-        norm_source = "the positive and negative prompts"
-    else:
-        raise ValueError(
-            "The prior's normaliser is not fitted and no norm_prompts were given: pass the "
-            "prompts the reference norm should be measured on."
-        )
+    norm, norm_source = _comparison_reference_norm(model, prior, norm_prompts)
     tokens = model.to_tokens(prompt)
     n_prompt = tokens.shape[1]
 
@@ -411,24 +458,11 @@ def compare_generations(
         runs.append((f"steered + prior (t={t_start:g}, {num_steps} steps)", generate()))
 
     concept_ids = concept_token_ids(model, concept_words) if concept_words else None
-    eos = model.tokenizer.eos_token_id
-    generations = []
-    for label, continuation in runs:
-        counted = mask_after_eos(continuation, eos) if eos is not None else None
-        scores = score_continuations(
-            model, tokens, continuation, concept_ids=concept_ids, continuation_mask=counted
-        )
-        concept = scores.concept_logprob
-        generations.append(
-            Generation(
-                label=label,
-                text=model.tokenizer.decode(continuation[0], skip_special_tokens=True),
-                nll=scores.nll.item(),
-                concept_logprob=None if concept is None else concept.item(),
-            )
-        )
     return GenerationComparison(
-        generations=generations,
+        generations=[
+            _judged_generation(model, label, tokens, continuation, concept_ids, concept_lexicon)
+            for label, continuation in runs
+        ],
         hook_name=hook_name,
         vector_norm=float(vector.float().norm()),
         reference_norm=float(norm),

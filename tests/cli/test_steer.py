@@ -20,6 +20,7 @@ def test_arguments_and_defaults():
     assert args.positive == ["a", "b"] and args.negative == ["c"]
     assert (args.scale, args.t_start, args.num_steps, args.seed) == (0.5, 0.5, 20, 0)
     assert args.positions == "generated" and args.max_new_tokens == 40
+    assert args.concept is None and args.lexicon is None
     with pytest.raises(SystemExit):
         _parse(["--prior", "p", "--positive", "a", "--negative", "c", "--prompt", "x"])
 
@@ -55,10 +56,12 @@ def test_run_steer_on_the_default_model(tmp_path, capsys, default_model, monkeyp
         ["--prior", str(tmp_path / "prior"), "--positive", "I love weddings and brides"]
         + ["--negative", "I love taxes and forms", "--prompt", "Tell me about your day."]
         + ["--scale", "0.5", "--max-new-tokens", "4", "--num-steps", "2", "--width", "150"]
-        + ["--concept", "wedding,bride"]
+        + ["--concept", "wedding,bride", "--lexicon", "marry,honeymoon"]
     )
     assert run_steer(args) == 0
     out = capsys.readouterr().out
     for label in ("unsteered: NLL", "steered (r=0.5): NLL", "steered + prior (t=0.5, 2 steps)"):
         assert label in out
-    assert "concept" in out and "alpha 120.0" in out  # r * sqrt(576 * 100)
+    assert "concept" in out and "lexicon words" in out
+    assert "adds 120.0 along its direction" in out  # r * sqrt(576 * 100), whatever |vector|
+    assert out.count("fluent") >= 3  # every column carries the text judge's verdict

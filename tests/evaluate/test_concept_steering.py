@@ -17,8 +17,12 @@ def test_concept_validation():
         SteeringConcept("x", positive="one string", negative=("b",), words=("w",))
     with pytest.raises(ValueError, match="words must be a non-empty"):
         SteeringConcept("x", positive=("a",), negative=("b",), words=())
-    concept = SteeringConcept("x", positive=["a"], negative=["b"], words=["w"])
+    with pytest.raises(ValueError, match="lexicon must be a sequence of words"):
+        SteeringConcept("x", positive=("a",), negative=("b",), words=("w",), lexicon="glad")
+    concept = SteeringConcept("x", positive=["a"], negative=["b"], words=["w"], lexicon=["g"])
     assert concept.positive == ("a",)  # lists become tuples: concepts stay hashable
+    assert concept.lexicon == ("g",)
+    assert all(c.lexicon for c in DEFAULT_CONCEPTS)
 
 
 @pytest.mark.slow
@@ -48,6 +52,12 @@ def test_curves_on_the_default_model(default_model):
     # Steering towards joy makes joyful words more likely than in the unsteered continuation.
     assert points[(PLAIN, 0.6)].concept.mean > 0.5
     assert curves.front and all(0 <= i < len(curves.points) for i in curves.front)
+    # The text judge's measures come with every point.
+    for point in curves.points:
+        assert set(point.extra) == {"fluent", "distinct_2", "lexicon_hits"}
+        assert 0.0 <= point.extra["fluent"].mean <= 1.0
+        assert 0.0 < point.extra["distinct_2"].mean <= 1.0
+        assert point.extra["lexicon_hits"].mean >= 0.0
 
 
 def test_bad_arguments(tiny_model):

@@ -50,3 +50,25 @@ def test_scorer_may_return_one_number_but_not_a_wrong_count():
         )
     with pytest.raises(ValueError, match="no generations"):
         steering_curves({"m": lambda s: []}, [1.0], lambda items: 1.0, lambda items: 1.0)
+
+
+def test_extra_scorers_are_reported_per_point_and_leave_the_front_alone():
+    common = dict(
+        generators={"plain": _generator(1.0), "prior": _generator(2.0)},
+        scales=[0.5, 1.0],
+        concept_scorer=lambda items: [c for c, _ in items],
+        fluency_scorer=lambda items: [n for _, n in items],
+        n_resamples=50,
+    )
+    curves = steering_curves(
+        **common, extra_scorers={"fluent": lambda items: [float(n < 2.265) for _, n in items]}
+    )
+    by_key = {(p.method, p.scale): p for p in curves.points}
+    assert by_key[("plain", 0.5)].extra["fluent"].mean == pytest.approx(
+        0.4
+    )  # 2.25, 2.26 of 2.25..2.29
+    assert by_key[("plain", 1.0)].extra["fluent"].mean == 0.0
+    assert curves.to_dict()["points"][0]["extra"]["fluent"]["mean"] == pytest.approx(0.4)
+    assert curves.front == steering_curves(**common).front
+    with pytest.raises(ValueError, match=r"extra_scorers\['bad'\]"):
+        steering_curves(**common, extra_scorers={"bad": lambda items: [1.0, 2.0]})

@@ -4,9 +4,12 @@
         --negative "I hate weddings" --prompt "Tell me about your weekend." --scale 0.5
 
 The vector is the difference of means at the prior's hook (``steering_vector``); ``--scale`` is
-relative (``alpha = scale * reference norm``, the norm taken from the prior's normaliser). All three
-generations are greedy with the same ``alpha``; each is scored by its continuation NLL under the
-unsteered model (and, with ``--concept``, the concept log-probability).
+relative: the hook adds ``scale * reference norm`` along the vector's unit direction (the norm from
+the prior's normaliser; the raw vector's own norm plays no part), so ``--scale 0.25`` adds a quarter
+of a typical activation's length. Both steered generations are greedy with the same added vector;
+each is scored by its continuation NLL under the unsteered model, judged fluent or not by the text
+judge (``evaluate.text_judge``: the NLL alone rewards looping text), and, with ``--concept``, by the
+concept log-probability, with ``--lexicon`` by the held-out concept words found in the text.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import textwrap
 from tl_diffusion_prior.capture import model_device
 from tl_diffusion_prior.constants import DEFAULT_MODEL_NAME
 from tl_diffusion_prior.data import models
+from tl_diffusion_prior.evaluate.text_judge import MAX_FLUENT_NLL
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.recipes import GenerationComparison, compare_generations
 from tl_diffusion_prior.steering import steering_vector
@@ -36,7 +40,10 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prompt", required=True, help="the prompt to continue")
     parser.add_argument(
-        "--scale", type=float, required=True, help="r in alpha = r * mean activation norm"
+        "--scale",
+        type=float,
+        required=True,
+        help="r: add r * mean activation norm along the vector's direction",
     )
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
@@ -44,6 +51,9 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-steps", type=int, default=20, help="prior evaluations per token")
     parser.add_argument("--positions", choices=POSITIONS, default="all")
     parser.add_argument("--concept", help="comma-separated concept words to score, e.g. 'wedding'")
+    parser.add_argument(
+        "--lexicon", help="comma-separated held-out concept words to count in the generated text"
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="TransformerLens model name")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
     parser.add_argument("--width", type=int, default=None, help="output width (default: terminal)")
@@ -71,19 +81,28 @@ def print_comparison(comparison: GenerationComparison, prompt: str, width: int |
     """Print a :class:`~tl_diffusion_prior.recipes.GenerationComparison` as side-by-side columns."""
     columns = []
     for generation in comparison.generations:
-        header = f"{generation.label}: NLL {generation.nll:.3f}"
+        verdict = (
+            "fluent" if generation.fluent else "NOT fluent: " + "; ".join(generation.judge_reasons)
+        )
+        header = f"{generation.label}: NLL {generation.nll:.3f}, {verdict}"
         if generation.concept_logprob is not None:
             header += f", concept {generation.concept_logprob:.2f}"
+        if generation.lexicon_hits is not None:
+            header += f", lexicon words {generation.lexicon_hits}"
         columns.append((header, generation.text))
     print(f"prompt: {prompt!r}")
     print(
         f"hook {comparison.hook_name}; |vector| {comparison.vector_norm:.1f}; reference norm "
-        f"{comparison.reference_norm:.1f} from {comparison.reference_norm_source}; alpha "
-        f"{comparison.alpha:.1f}; positions {comparison.positions}; greedy"
+        f"{comparison.reference_norm:.1f} from {comparison.reference_norm_source}; adds "
+        f"{comparison.alpha:.1f} along its direction; positions {comparison.positions}; greedy"
     )
     width = width or shutil.get_terminal_size((120, 20)).columns
     print(format_columns(columns, width))
-    print("NLL: mean nats per continuation token under the unsteered model (lower = more fluent).")
+    print(
+        "NLL: mean nats per continuation token under the unsteered model (lower = more fluent, "
+        "but looping text scores low too); fluent: no loops, repeated phrases or junk characters "
+        f"and NLL at most {MAX_FLUENT_NLL:g}."
+    )
 
 
 def run_steer(args: argparse.Namespace) -> int:
@@ -102,8 +121,15 @@ def run_steer(args: argparse.Namespace) -> int:
         num_steps=args.num_steps,
         seed=args.seed,
         positions=args.positions,
-        concept_words=[w for w in args.concept.split(",") if w.strip()] if args.concept else None,
+        concept_words=_words(args.concept),
+        concept_lexicon=_words(args.lexicon),
         norm_prompts=args.positive + args.negative,
     )
     print_comparison(comparison, args.prompt, args.width)
     return 0
+
+
+def _words(comma_separated: str | None) -> list[str] | None:
+    """``"a, b,"`` -> ``["a", "b"]``; None (or nothing but commas) -> None."""
+    words = [w.strip() for w in (comma_separated or "").split(",") if w.strip()]
+    return words or None

@@ -3,8 +3,9 @@
 For each concept (contrast prompts plus the words that signal it) the steering vector is the
 difference of means at the hook (:func:`~tl_diffusion_prior.steering.vector.steering_vector`).
 Every method generates greedy continuations of the same prompts at every relative scale ``r``
-(``alpha = r * reference norm``, the same alpha for every method), and each continuation gets two
-scores from one pass of the unsteered model (:mod:`~tl_diffusion_prior.evaluate.fluency`):
+(the hook adds ``r * reference norm`` along the vector's unit direction, the same for every method;
+the raw vector's own norm plays no part), and each continuation gets two scores from one pass of
+the unsteered model (:mod:`~tl_diffusion_prior.evaluate.fluency`):
 
 * **concept lift**: the continuation's concept log-probability (log of the probability mass the
   unsteered model puts on the concept's words after each continuation token) minus that of the
@@ -12,6 +13,13 @@ scores from one pass of the unsteered model (:mod:`~tl_diffusion_prior.evaluate.
   more on-concept. Subtracting the unsteered value makes concepts with rare and common words
   comparable, so points average over concepts and prompts.
 * **fluency**: the continuation's NLL under the unsteered model (lower is more fluent).
+
+The NLL rewards repetition (a looping text is easy to predict), and the lift comes from a model's
+log-probabilities of the concept's own words, so each point also carries, in ``extra``, what the
+text judge (:mod:`~tl_diffusion_prior.evaluate.text_judge`) reads from the decoded text:
+``"fluent"`` (fraction judged fluent: no loops, repeated phrases or junk, and NLL at most
+``MAX_FLUENT_NLL``), ``"distinct_2"``, and ``"lexicon_hits"`` (words of the concept's held-out
+lexicon, :mod:`~tl_diffusion_prior.evaluate.concept_lexicons`, in the text).
 
 Points and their Pareto front come from :func:`~tl_diffusion_prior.evaluate.steering_curves.
 steering_curves`, with bootstrap intervals over the (concept, prompt) items.
@@ -27,12 +35,14 @@ from torch import Tensor
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_attention_mask
 
+from tl_diffusion_prior.evaluate.concept_lexicons import CONCEPT_LEXICONS
 from tl_diffusion_prior.evaluate.fluency import (
     concept_token_ids,
     mask_after_eos,
     score_continuations,
 )
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves, steering_curves
+from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering.steer import steer
 from tl_diffusion_prior.steering.vector import steering_vector
@@ -50,14 +60,23 @@ class SteeringConcept:
         negative: matched prompts that do not.
         words: words whose next-token probability signals the concept (each word's first token,
             with and without a leading space; see ``concept_token_ids``).
+        lexicon: held-out words counted in the generated text (none of them in the prompts or
+            ``words``); empty counts nothing.
     """
 
     name: str
     positive: Sequence[str]
     negative: Sequence[str]
     words: Sequence[str]
+    lexicon: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.lexicon, str) or not all(isinstance(w, str) for w in self.lexicon):
+            raise ValueError(
+                f"SteeringConcept {self.name!r}: lexicon must be a sequence of words, got "
+                f"{self.lexicon!r}."
+            )
+        object.__setattr__(self, "lexicon", tuple(self.lexicon))
         for field_name in ("positive", "negative", "words"):
             values = getattr(self, field_name)
             if isinstance(values, str) or not values or not all(isinstance(v, str) for v in values):
@@ -74,6 +93,7 @@ DEFAULT_CONCEPTS: tuple[SteeringConcept, ...] = (
         positive=("I am so happy and grateful today!", "What a wonderful, joyful celebration."),
         negative=("I am so sad and miserable today.", "What a terrible, gloomy funeral."),
         words=("happy", "joy", "wonderful", "love"),
+        lexicon=CONCEPT_LEXICONS["joy"],
     ),
     SteeringConcept(
         "weddings",
@@ -86,6 +106,7 @@ DEFAULT_CONCEPTS: tuple[SteeringConcept, ...] = (
             "The clerk and manager exchanged forms at the meeting.",
         ),
         words=("wedding", "bride", "marriage", "married"),
+        lexicon=CONCEPT_LEXICONS["weddings"],
     ),
     SteeringConcept(
         "the sea",
@@ -98,6 +119,7 @@ DEFAULT_CONCEPTS: tuple[SteeringConcept, ...] = (
             "Drivers crossed the busy town in a truck.",
         ),
         words=("sea", "ocean", "waves", "beach"),
+        lexicon=CONCEPT_LEXICONS["the sea"],
     ),
 )
 
@@ -128,7 +150,7 @@ def concept_steering_curves(
         model: The steered model (generations are greedy, batched over ``prompts``).
         hook_name: The hook to steer; every prior must model it.
         priors: Display name -> prior; may be empty (plain steering only).
-        scales: Relative scales ``r`` (``alpha = r * reference_norm``).
+        scales: Relative scales ``r``: the hook adds ``r * reference_norm * v / ||v||``.
         reference_norm: The activation norm ``r`` is relative to (e.g. the mean held-out norm).
         concepts / prompts: What to steer towards and which prompts to continue.
         max_new_tokens: Tokens generated per continuation.
@@ -152,12 +174,29 @@ def concept_steering_curves(
     return steering_curves(
         generators,
         scales,
-        concept_scorer=lambda items: [lift for lift, _ in items],
-        fluency_scorer=lambda items: [nll for _, nll in items],
+        concept_scorer=lambda items: [item.lift for item in items],
+        fluency_scorer=lambda items: [item.nll for item in items],
         fluency_higher_is_better=False,
         n_resamples=n_resamples,
         seed=seed,
+        extra_scorers={
+            "fluent": lambda items: [float(item.fluent) for item in items],
+            "distinct_2": lambda items: [item.distinct_2 for item in items],
+            "lexicon_hits": lambda items: [float(item.lexicon_hits) for item in items],
+        },
     )
+
+
+@dataclass(frozen=True)
+class ConceptItem:
+    """One steered continuation and its scores (see the module docstring)."""
+
+    text: str
+    lift: float
+    nll: float
+    fluent: bool
+    distinct_2: float
+    lexicon_hits: int
 
 
 def _check_arguments(
@@ -267,10 +306,16 @@ class _ConceptRun:
         )
         return result.concept_logprob.cpu(), result.nll.cpu()
 
+    def texts(self, continuation: Tensor) -> list[str]:
+        """The decoded continuations (special tokens, such as the EOS padding, dropped)."""
+        return [
+            self.model.tokenizer.decode(row, skip_special_tokens=True) for row in continuation
+        ]
+
     def items_at(
         self, scale: float, prior: DiffusionPrior | None, steer_options: dict[str, Any]
-    ) -> list[tuple[float, float]]:
-        """``(concept lift, NLL)`` per (concept, prompt), steering at ``scale`` with ``prior``."""
+    ) -> list[ConceptItem]:
+        """A :class:`ConceptItem` per (concept, prompt), steering at ``scale`` with ``prior``."""
         items = []
         for concept in self.concepts:
             with steer(
@@ -284,5 +329,18 @@ class _ConceptRun:
                 continuation = self.generate()
             concept_score, nll = self.scores(continuation, concept)
             lift = concept_score - self.baseline[concept.name]
-            items += list(zip(lift.tolist(), nll.tolist(), strict=True))
+            for text, lift_i, nll_i in zip(
+                self.texts(continuation), lift.tolist(), nll.tolist(), strict=True
+            ):
+                judgement = judge_fluency(text, nll_i)
+                items.append(
+                    ConceptItem(
+                        text=text,
+                        lift=lift_i,
+                        nll=nll_i,
+                        fluent=judgement.fluent,
+                        distinct_2=judgement.stats.distinct[1],
+                        lexicon_hits=lexicon_hits(text, concept.lexicon),
+                    )
+                )
         return items

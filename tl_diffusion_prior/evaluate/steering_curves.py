@@ -6,7 +6,9 @@ continuations (in whatever form the scorers accept, e.g. ``(prompt, continuation
 ``concept_scorer`` / ``fluency_scorer`` map that list to one score per item (or one number). With
 the project's own modules that is ``tl_diffusion_prior.steering.steer`` for generation and
 ``tl_diffusion_prior.evaluate.fluency`` for the concept score and the continuation NLL (lower is
-more fluent: pass ``fluency_higher_is_better=False``).
+more fluent: pass ``fluency_higher_is_better=False``). The NLL rewards repetition, so pass the
+text judge's measures (``tl_diffusion_prior.evaluate.text_judge``: the fraction judged fluent,
+held-out concept words) as ``extra_scorers``; each point then carries them with intervals too.
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ Scorer = Callable[[Sequence[Any]], Sequence[float] | float]
 
 @dataclass
 class SteeringPoint:
-    """Scores of one method at one steering scale (means with bootstrap intervals)."""
+    """Scores of one method at one steering scale (means with bootstrap intervals); ``extra``
+    holds the ``extra_scorers``' scores by name."""
 
     method: str
     scale: float
     concept: ConfidenceInterval
     fluency: ConfidenceInterval
     n: int
+    extra: dict[str, ConfidenceInterval] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {
@@ -41,6 +45,7 @@ class SteeringPoint:
             "concept": self.concept.to_dict(),
             "fluency": self.fluency.to_dict(),
             "n": self.n,
+            "extra": {name: ci.to_dict() for name, ci in self.extra.items()},
         }
 
 
@@ -100,6 +105,7 @@ def steering_curves(
     fluency_higher_is_better: bool = False,
     n_resamples: int = 1000,
     seed: int = 0,
+    extra_scorers: Mapping[str, Scorer] | None = None,
 ) -> SteeringCurves:
     """Score every method's steered generations at every scale.
 
@@ -110,6 +116,8 @@ def steering_curves(
         concept_scorer: Generations -> concept scores (higher is more on-concept).
         fluency_scorer: Generations -> fluency scores (e.g. continuation NLL).
         fluency_higher_is_better: False for NLL-like scores.
+        extra_scorers: Name -> scorer of further measures (e.g. the fraction judged fluent),
+            reported per point in ``SteeringPoint.extra``; the Pareto front ignores them.
     """
     if not generators:
         raise ValueError("generators is empty; pass at least one method.")
@@ -121,6 +129,14 @@ def steering_curves(
                 raise ValueError(f"generate({scale}) for {method!r} returned no generations.")
             concept = _scores(concept_scorer, items, "concept_scorer")
             fluency = _scores(fluency_scorer, items, "fluency_scorer")
+            extra = {
+                name: bootstrap_ci(
+                    _scores(scorer, items, f"extra_scorers[{name!r}]"),
+                    n_resamples=n_resamples,
+                    seed=seed,
+                )
+                for name, scorer in (extra_scorers or {}).items()
+            }
             points.append(
                 SteeringPoint(
                     method=method,
@@ -128,6 +144,7 @@ def steering_curves(
                     concept=bootstrap_ci(concept, n_resamples=n_resamples, seed=seed),
                     fluency=bootstrap_ci(fluency, n_resamples=n_resamples, seed=seed),
                     n=len(items),
+                    extra=extra,
                 )
             )
     return SteeringCurves(points, fluency_higher_is_better)

@@ -1,0 +1,85 @@
+"""The text judge on hand-written texts: fluent vs degenerate, on- vs off-concept."""
+
+import re
+
+import pytest
+
+from tl_diffusion_prior.evaluate.concept_lexicons import CONCEPT_LEXICONS
+from tl_diffusion_prior.evaluate.concept_steering import DEFAULT_CONCEPTS
+from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits, repetition_stats
+
+FLUENT = [
+    "The cat sat on the mat and looked out of the window.",
+    "I spent Saturday reading in the garden, then cooked dinner for my sister and her kids.",
+    "What's on your mind? I'm happy to help with anything you need today.",
+    "Prices rose by 3% in March, the largest monthly increase since 2019.",
+]
+DEGENERATE = [
+    "the the the the the the the the the the",
+    "iteritemsiteritemsiteritemsiteritemsiteritems",
+    "##!##!##!##!##!##!",
+    "I'm looking to discuss the upcoming event. I'm looking to discuss the upcoming event.",
+    "## 🌱 ### 🎽 ### ### ### ###",
+    "",
+]
+
+
+@pytest.mark.parametrize("text", FLUENT)
+def test_fluent_texts_pass(text):
+    judgement = judge_fluency(text)
+    assert judgement.fluent, judgement.reasons
+
+
+@pytest.mark.parametrize("text", DEGENERATE)
+def test_degenerate_texts_fail(text):
+    judgement = judge_fluency(text)
+    assert not judgement.fluent and judgement.reasons
+
+
+def test_nll_threshold_counts_when_given():
+    assert judge_fluency(FLUENT[0], nll=1.2).fluent
+    judgement = judge_fluency(FLUENT[0], nll=7.5)
+    assert not judgement.fluent and judgement.reasons == ("NLL 7.50 > 5",)
+    assert not judge_fluency(FLUENT[0], nll=float("nan")).fluent
+
+
+def test_repetition_measures():
+    stats = repetition_stats("a b a b a b a b")
+    assert stats.distinct == (2 / 8, 2 / 7, 2 / 6)
+    assert stats.longest_repeat == 6  # "a b a b a b" at 0 and 2
+    assert stats.loop_fraction == pytest.approx(12 / 15)  # "a b " three times in a row
+    clean = repetition_stats(FLUENT[0])
+    assert clean.distinct[1] == 1.0 and clean.loop_fraction == 0.0 and clean.junk_fraction == 0.0
+    assert clean.longest_repeat == 1  # "the" twice
+    assert repetition_stats("##!##!").junk_fraction == pytest.approx(4 / 6)
+
+
+ON_CONCEPT = {
+    "joy": "We laughed and smiled all afternoon; it was such a delightful, fun party.",
+    "weddings": "My fiance and I picked the altar flowers and planned our honeymoon.",
+    "the sea": "The boat left the harbor at dawn and the captain watched the whales.",
+}
+OFF_CONCEPT = "The quarterly tax forms are due at the office on Monday morning."
+
+
+@pytest.mark.parametrize("concept", sorted(ON_CONCEPT))
+def test_lexicon_hits_on_vs_off_concept(concept):
+    lexicon = CONCEPT_LEXICONS[concept]
+    assert lexicon_hits(ON_CONCEPT[concept], lexicon) >= 3
+    assert lexicon_hits(OFF_CONCEPT, lexicon) == 0
+    others = [text for name, text in ON_CONCEPT.items() if name != concept]
+    assert all(lexicon_hits(text, lexicon) == 0 for text in others)
+
+
+def test_lexicon_matches_whole_words_case_insensitively():
+    assert lexicon_hits("FUN, fun; funny fungus", ("fun",)) == 2
+    assert lexicon_hits("Mon fiancé", ("fiancé",)) == 1
+
+
+def test_lexicons_are_held_out_from_the_vectors_prompts_and_scored_words():
+    for concept in DEFAULT_CONCEPTS:
+        used = set(re.findall(r"[a-z]+", " ".join(concept.positive + concept.negative).lower()))
+        used |= {word.lower() for word in concept.words}
+        for word in CONCEPT_LEXICONS[concept.name]:
+            clashes = [u for u in used if u[:4] == word[:4]]
+            assert not clashes, f"{concept.name}: {word!r} is close to {clashes}"
