@@ -9,6 +9,9 @@ WEIGHTS_NAME = "model.safetensors"
 TRAINING_RECORD_NAME = "training.json"
 # Beside the weights: file name -> sha256 of its bytes, checked on load (core.integrity).
 CHECKSUMS_NAME = "checksums.json"
+# SAELens's own files of a saved SAE (sae_lens.constants), beside ours in an SAELens baseline.
+SAE_LENS_CFG_NAME = "cfg.json"
+SAE_LENS_WEIGHTS_NAME = "sae_weights.safetensors"
 # A saved ring buffer.
 BUFFER_NAME = "buffer.safetensors"
 # Keys of a buffer file's safetensors metadata: the sha256 of each tensor's bytes (a JSON object)

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline, check_noise_level
 from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE
+from tl_diffusion_prior.evaluate.baselines.sae_lens_baseline import SAELensBaseline
 from tl_diffusion_prior.priors.base import DiffusionPrior
 
 
@@ -109,14 +110,25 @@ class PCAReconstructor:
 
 
 class SAEReconstructor:
-    """The SAE's reconstruction; restoration reconstructs the noisy input."""
+    """The SAE's reconstruction; restoration reconstructs the noisy input.
 
-    def __init__(self, sae: TopKSAE, name: str | None = None) -> None:
-        if not isinstance(sae, TopKSAE):
-            raise TypeError(f"sae must be a TopKSAE, got {type(sae).__name__}.")
+    ``sae`` is our :class:`~tl_diffusion_prior.evaluate.baselines.sae.TopKSAE` or any SAELens SAE
+    wrapped in a :class:`~tl_diffusion_prior.evaluate.baselines.sae_lens_baseline.SAELensBaseline`
+    (which applies it in the space it was trained in: the priors' normalised one, or raw).
+    """
+
+    def __init__(self, sae: TopKSAE | SAELensBaseline, name: str | None = None) -> None:
+        if isinstance(sae, TopKSAE):
+            self.name = name or "SAE"
+            self.setting = {"d_sae": sae.config.d_sae, "k": sae.config.k}
+        elif isinstance(sae, SAELensBaseline):
+            self.name = name or "SAELens SAE"
+            self.setting = sae.setting()
+        else:
+            raise TypeError(
+                f"sae must be a TopKSAE or an SAELensBaseline, got {type(sae).__name__}."
+            )
         self.sae = sae
-        self.name = name or "SAE"
-        self.setting = {"d_sae": sae.config.d_sae, "k": sae.config.k}
 
     def reconstruct(self, x, *, generator=None):
         return self.sae.reconstruct(x)

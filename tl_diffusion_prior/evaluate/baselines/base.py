@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -85,6 +86,24 @@ class Baseline(PretrainedModule):
     @property
     def device(self) -> torch.device:
         return self.normalizer.mean.device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        directory: str | os.PathLike,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        *,
+        verify: bool = True,
+    ):
+        """``PretrainedModule.from_pretrained``, then :meth:`load_extra` for what a kind keeps
+        beside ``model.safetensors`` (an SAELens SAE's own files)."""
+        module = super().from_pretrained(directory, dtype=dtype, verify=verify)
+        module.load_extra(Path(directory))
+        return module.to(device=device)
+
+    def load_extra(self, directory: Path) -> None:
+        """Read files of the save beyond the state dict (none for most kinds)."""
 
     def check_activations(self, x: Any, name: str = "x") -> None:
         if not isinstance(x, Tensor) or not x.is_floating_point():

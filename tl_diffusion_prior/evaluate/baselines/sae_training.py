@@ -33,6 +33,11 @@ from tl_diffusion_prior.core.config import ConfigBase
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.evaluate.baselines.base import activation_rows
+from tl_diffusion_prior.evaluate.baselines.convergence import (
+    ConvergenceConfig,
+    split_heldout,
+    train_until_converged,
+)
 from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE, TopKSAEConfig
 
 BACKENDS = ("native", "sae_lens")
@@ -106,7 +111,7 @@ def lr_factor(step: int, config: SAETrainConfig) -> float:
     return 1.0
 
 
-class _BatchSampler:
+class BatchSampler:
     """Normalised batches drawn uniformly (with replacement) from the training rows."""
 
     def __init__(self, rows: Tensor, normalizer: Normalizer, batch_size: int, seed: int):
@@ -152,12 +157,16 @@ def train_topk_sae(
     hook_name: str = "",
     model_name: str = "",
     progress: bool = False,
+    convergence: ConvergenceConfig | None = None,
 ) -> TopKSAE:
     """Train a TopK SAE with ``d_sae`` latents and ``k`` active ones on ``source``'s rows.
 
     ``normalizer`` (from :func:`~tl_diffusion_prior.evaluate.baselines.base.fit_normalizer`) fixes
     the normalised space. The loss history, training FVU, dead fraction and timing are recorded in
-    the returned SAE's ``training_record``.
+    the returned SAE's ``training_record``. With ``convergence``, ``config.steps`` no longer
+    counts: the native loop trains (constant learning rate after the warm-up) until the held-out
+    NMSE plateaus, by the criterion SAELens SAEs are trained to, and
+    ``training_record["convergence"]`` holds the figures.
     """
     config = config or SAETrainConfig()
     rows = activation_rows(source, hook=hook)
@@ -172,7 +181,19 @@ def train_topk_sae(
     sae = TopKSAE(sae_config).to(rows.device)
     sae.normalizer.load_state_dict(normalizer.state_dict())
     start = time.perf_counter()
-    if config.backend == "native":
+    if convergence is not None:
+        if config.backend != "native":
+            raise ValueError(
+                "Training to convergence here uses the native backend; for SAELens "
+                "use sae_lens_training.train_sae_lens_sae."
+            )
+        rows, heldout = split_heldout(rows, convergence.heldout_rows)
+        trainee = NativeTrainee(sae, rows, config, decay=False)
+        log = print if progress else None
+        heldout = normalizer.normalize(heldout)
+        record, curve = train_until_converged(trainee, heldout, convergence, log)
+        history = {"convergence": record, "history": curve}
+    elif config.backend == "native":
         history = _train_native(sae, rows, config, progress)
     else:
         history = _train_sae_lens(sae, rows, config)
@@ -191,62 +212,104 @@ def train_topk_sae(
     return sae
 
 
-def _train_native(
-    sae: TopKSAE, rows: Tensor, config: SAETrainConfig, progress: bool
-) -> dict[str, Any]:
-    generator = torch.Generator(device=rows.device).manual_seed(config.seed)
-    batches = _BatchSampler(rows, sae.normalizer, config.batch_size, config.seed + 1)
-    probe = torch.cat([next(batches) for _ in range(4)])
-    sae.initialize(probe.mean(0), generator=generator)
-    # Normalising the MSE by the data variance makes the loss a fraction of variance unexplained.
-    data_var = float((probe - probe.mean(0)).square().sum(-1).mean())
-    d_sae, k = sae.config.d_sae, sae.config.k
-    aux_k = min(config.aux_k or 2 * k, d_sae)
-    optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
-    rows_since_fired = torch.zeros(d_sae, dtype=torch.long, device=rows.device)
-    steps, losses, aux_losses = [], [], []
-    sae.train()
-    for step in range(config.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = config.lr * lr_factor(step, config)
-        z = next(batches)
+class NativeTrainee:
+    """Our TopK training loop one step at a time: the fixed-step path (:func:`_train_native`) and
+    the convergence path (the ``Trainee`` of :mod:`~tl_diffusion_prior.evaluate.baselines.
+    convergence`) share it. ``decay`` False keeps the learning rate constant after the warm-up
+    (a convergence run does not know when it ends)."""
+
+    def __init__(self, sae: TopKSAE, rows: Tensor, config: SAETrainConfig, decay: bool = True):
+        self.sae, self.config = sae, config
+        if not decay:
+            self.config = SAETrainConfig(**{**config.to_dict(), "decay_fraction": 0.0})
+        generator = torch.Generator(device=rows.device).manual_seed(config.seed)
+        self.batches = BatchSampler(rows, sae.normalizer, config.batch_size, config.seed + 1)
+        probe = torch.cat([next(self.batches) for _ in range(4)])
+        sae.initialize(probe.mean(0), generator=generator)
+        # Normalising the MSE by the data variance makes the loss a fraction of variance
+        # unexplained.
+        self.data_var = float((probe - probe.mean(0)).square().sum(-1).mean())
+        self.d_sae = sae.config.d_sae
+        self.aux_k = min(config.aux_k or 2 * sae.config.k, self.d_sae)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
+        self.rows_since_fired = torch.zeros(self.d_sae, dtype=torch.long, device=rows.device)
+        self.steps = self.samples_seen = 0
+
+    def step(self) -> tuple[float, float, int]:
+        """One optimiser step; returns (loss, aux loss, dead latents)."""
+        sae, config = self.sae, self.config
+        sae.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.lr * lr_factor(min(self.steps, config.steps - 1), config)
+        z = next(self.batches)
         code = sae.encode(z)
-        z_hat = sae.decode(code.values, code.indices)
-        err = z - z_hat
-        loss = err.square().sum(-1).mean() / data_var
-        fired = torch.zeros(d_sae, dtype=torch.bool, device=rows.device)
+        err = z - sae.decode(code.values, code.indices)
+        loss = err.square().sum(-1).mean() / self.data_var
+        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=z.device)
         fired[code.indices[code.values > 0]] = True
-        rows_since_fired = torch.where(fired, 0, rows_since_fired + z.shape[0])
-        dead = rows_since_fired > config.dead_after_rows
+        self.rows_since_fired = torch.where(fired, 0, self.rows_since_fired + z.shape[0])
+        dead = self.rows_since_fired > config.dead_after_rows
         aux = torch.zeros((), device=z.device)
         n_dead = int(dead.sum())
         if config.aux_coefficient > 0 and n_dead > 0:
             pre_dead = code.pre_activations.masked_fill(~dead, float("-inf"))
-            values, indices = pre_dead.topk(min(aux_k, n_dead), dim=-1)
+            values, indices = pre_dead.topk(min(self.aux_k, n_dead), dim=-1)
             err_hat = F.embedding_bag(
                 indices, sae.W_dec, per_sample_weights=F.relu(values), mode="sum"
             )
             target = err.detach()
             aux = (target - err_hat).square().sum(-1).mean() / target.square().sum(-1).mean()
             loss = loss + config.aux_coefficient * aux
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         with torch.no_grad():
             # Only directions orthogonal to each unit-norm decoder row change it beyond a rescale.
             grad = sae.W_dec.grad
             grad -= (grad * sae.W_dec).sum(1, keepdim=True) * sae.W_dec
         torch.nn.utils.clip_grad_norm_(sae.parameters(), config.grad_clip)
-        optimizer.step()
+        self.optimizer.step()
         sae.normalize_decoder_()
+        self.steps += 1
+        self.samples_seen += z.shape[0]
+        return float(loss.detach()), float(aux.detach()), n_dead
+
+    def train(self, n_samples: int) -> None:
+        target = self.samples_seen + n_samples
+        while self.samples_seen < target:
+            self.step()
+
+    @torch.no_grad()
+    def reconstruct(self, z: Tensor) -> Tensor:
+        return self.sae(z)
+
+    @torch.no_grad()
+    def active(self, z: Tensor) -> Tensor:
+        code = self.sae.encode(z)
+        out = torch.zeros(code.pre_activations.shape, dtype=torch.bool, device=z.device)
+        return out.scatter_(1, code.indices, code.values > 0)
+
+    def samples_since_fired(self) -> Tensor:
+        return self.rows_since_fired
+
+
+def _train_native(
+    sae: TopKSAE, rows: Tensor, config: SAETrainConfig, progress: bool
+) -> dict[str, Any]:
+    trainee = NativeTrainee(sae, rows, config)
+    steps, losses, aux_losses = [], [], []
+    d_sae, k = sae.config.d_sae, sae.config.k
+    for step in range(config.steps):
+        loss, aux, n_dead = trainee.step()
         if step % config.log_every == 0 or step == config.steps - 1:
             steps.append(step)
-            losses.append(float(loss.detach()))
-            aux_losses.append(float(aux.detach()))
+            losses.append(loss)
+            aux_losses.append(aux)
             if progress:
-                print(f"sae d_sae={d_sae} k={k} step {step}: loss {losses[-1]:.4f}, dead {n_dead}")
+                print(f"sae d_sae={d_sae} k={k} step {step}: loss {loss:.4f}, dead {n_dead}")
+    dead = trainee.rows_since_fired > config.dead_after_rows
     return {
         "history": {"step": steps, "loss": losses, "aux_loss": aux_losses},
-        "dead_fraction": float((rows_since_fired > config.dead_after_rows).float().mean()),
+        "dead_fraction": float(dead.float().mean()),
     }
 
 
@@ -285,7 +348,7 @@ def _train_sae_lens(sae: TopKSAE, rows: Tensor, config: SAETrainConfig) -> dict[
         logger=LoggingConfig(log_to_wandb=False),
         n_batches_for_norm_estimate=1,
     )
-    batches = _BatchSampler(rows, sae.normalizer, config.batch_size, config.seed + 1)
+    batches = BatchSampler(rows, sae.normalizer, config.batch_size, config.seed + 1)
     trained = SAETrainer(trainer_config, lens_sae, batches).fit()
     with torch.no_grad():
         # SAELens scales the pre-activations by the decoder row norms when rescaling is on;
