@@ -7,6 +7,13 @@ the corpus's train split to fit the baselines (or reuses ``--buffer`` / ``--base
 everything on the corpus's held-out split and on pydoc topics, and writes ``report.json``,
 ``report.md``, ``plots/`` and the baselines (``baselines/``) under ``--out``.
 
+SAE baselines: the full settings train SAELens TopK SAEs with SAELens's own trainer until their
+held-out loss plateaus (``sae_lens`` and ``sae_convergence`` in ``--settings``); they are saved
+under ``--out``'s ``baselines/`` with their convergence figures, and ``--baselines`` reuses them.
+``--sae`` adds any SAELens SAE as a further baseline: a folder SAELens saved (``save_model``), or
+``RELEASE:SAE_ID`` of a SAELens pretrained release (needs the hub); it is checked against the
+priors' hook and width before the model loads, and applied to raw activations.
+
 ``--out`` is checked before anything loads: a file, the current directory, or an existing non-empty
 folder that is not a report folder is refused; a previous report there is replaced only with
 ``--overwrite``. It is then set aside under a hidden name until the new report is complete (and put
@@ -22,11 +29,16 @@ from pathlib import Path
 from tl_diffusion_prior import priors as prior_package
 from tl_diffusion_prior.capture import ActivationRingBuffer, fill_buffer
 from tl_diffusion_prior.cli.common import add_overwrite_argument, is_report_dir
-from tl_diffusion_prior.constants import BASELINES_DIRNAME, REPORT_MD_NAME
+from tl_diffusion_prior.constants import BASELINES_DIRNAME, CONFIG_NAME, REPORT_MD_NAME
 from tl_diffusion_prior.core.paths import check_output_dir, set_aside
 from tl_diffusion_prior.data import models
 from tl_diffusion_prior.data.sources import corpus_token_source
 from tl_diffusion_prior.evaluate.baselines import load_baseline
+from tl_diffusion_prior.evaluate.baselines.sae_lens_baseline import (
+    SAELensBaseline,
+    check_sae_fits,
+    load_sae_lens_sae,
+)
 from tl_diffusion_prior.evaluate.plan import (
     Baselines,
     check_baselines,
@@ -67,6 +79,14 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=None,
         metavar="DIR",
         help="reuse baselines saved by an earlier run (its baselines/ folder)",
+    )
+    parser.add_argument(
+        "--sae",
+        action="append",
+        default=[],
+        metavar="DIR|RELEASE:SAE_ID",
+        help="an SAELens SAE as a further baseline: a folder written by SAELens's save_model, or "
+        "a pretrained release and SAE id (needs the hub); repeat for several",
     )
     parser.add_argument(
         "--train-rows",
@@ -120,7 +140,34 @@ def _load_baselines(folder: Path) -> Baselines:
         raise ValueError(
             f"{folder} must hold exactly one gaussian baseline, found {len(gaussians)}."
         )
-    return Baselines(gaussians[0], [b for b in loaded if b.config.kind == "topk_sae"])
+    saes = [b for b in loaded if b.config.kind in ("topk_sae", "sae_lens")]
+    return Baselines(gaussians[0], saes)
+
+
+def _external_saes(specs: list[str], prior: DiffusionPrior, device: str | None) -> list:
+    """``--sae``: each an SAELens SAE (ours, saved with its normaliser, or anyone's, applied to raw
+    activations), checked against the priors' hook and ``d_model`` before any work starts."""
+    hook_name, d_model = prior.config.hook_name, prior.config.d_model
+    out = []
+    for spec in specs:
+        if Path(spec, CONFIG_NAME).is_file():  # one we saved: it knows its space and hook
+            baseline = load_baseline(spec, device=device)
+            if not isinstance(baseline, SAELensBaseline):
+                raise ValueError(
+                    f"--sae {spec} holds a {baseline.config.kind} baseline, not an SAE."
+                )
+            check_sae_fits(baseline.sae, hook_name, d_model, spec)
+            out.append(baseline)
+            continue
+        sae, source = load_sae_lens_sae(spec, device=device)
+        check_sae_fits(sae, hook_name, d_model, source)
+        model_name = prior.config.model_name
+        out.append(
+            SAELensBaseline.from_sae(
+                sae, space="raw", hook_name=hook_name, model_name=model_name, source=source
+            )
+        )
+    return out
 
 
 def _training_rows(args, model, settings: EvalSettings, priors, fingerprint: str):
@@ -155,6 +202,7 @@ def run_eval(args: argparse.Namespace) -> int:
     hook_name, model_name = priors[0].config.hook_name, priors[0].config.model_name
     # Read before the model loads and rows are captured, checked once the model is known.
     loaded_baselines = _load_baselines(Path(args.baselines)) if args.baselines else None
+    external_saes = _external_saes(args.sae, priors[0], args.device)
     model = models.load_model(model_name, device=args.device)
     fingerprint = check_priors_match(model, priors)
     train = _training_rows(args, model, settings, priors, fingerprint)
@@ -170,6 +218,11 @@ def run_eval(args: argparse.Namespace) -> int:
             model_name=model_name,
             progress=True,
         )
+    if external_saes:
+        check_baselines(
+            Baselines(baselines.gaussian, external_saes), hook_name, model_name, fingerprint
+        )
+        baselines.saes += external_saes
     # Set aside only now: --buffer and --baselines may lie in the previous report folder.
     with set_aside(out):
         # Saved (also when loaded: the previous folder may have held them) so that later runs can

@@ -24,8 +24,10 @@ from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY
 from tl_diffusion_prior.core.fingerprint import model_fingerprint
 from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.evaluate.baselines.base import activation_rows, fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.converged import fit_converged_saes
 from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.baselines.sae import TopKSAE
+from tl_diffusion_prior.evaluate.baselines.sae_lens_baseline import SAELensBaseline
 from tl_diffusion_prior.evaluate.baselines.sae_training import train_topk_sae
 from tl_diffusion_prior.evaluate.fidelity import Condition
 from tl_diffusion_prior.evaluate.reconstructors import (
@@ -51,13 +53,20 @@ class Baselines:
     """The fitted baselines of one run (reusable across runs via ``save``/``load_baseline``)."""
 
     gaussian: GaussianBaseline
-    saes: list[TopKSAE]
+    #: Our TopK SAEs and SAELens SAEs (``SAELensBaseline``: trained here or loaded from disk).
+    saes: list[TopKSAE | SAELensBaseline]
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
         self.gaussian.save_pretrained(directory / "gaussian")
+        taken: set[str] = set()
         for sae in self.saes:
-            sae.save_pretrained(directory / sae.name)
+            name, n = sae.name, 1
+            while name in taken:  # two SAEs of one size (e.g. another --sae of the same shape)
+                n += 1
+                name = f"{sae.name}_{n}"
+            taken.add(name)
+            sae.save_pretrained(directory / name)
 
 
 def fit_baselines(
@@ -69,8 +78,10 @@ def fit_baselines(
     model_name: str = "",
     progress: bool = False,
 ) -> Baselines:
-    """Gaussian/PCA fit and one TopK SAE per ``settings.sae_sizes``, all in the normaliser's space
-    fitted from ``train`` (the buffer's running statistics when ``train`` is a buffer).
+    """Gaussian/PCA fit, one TopK SAE per ``settings.sae_sizes`` and one converged SAE per
+    ``settings.sae_lens`` (SAELens's trainer when sae-lens is installed, else ours; see
+    ``baselines.converged``), all in the normaliser's space fitted from ``train`` (the buffer's
+    running statistics when ``train`` is a buffer).
 
     A buffer must hold ``hook_name``; its provenance (source model name and weight fingerprint)
     goes to each baseline's training record.
@@ -92,6 +103,14 @@ def fit_baselines(
         )
         for factor, k in settings.sae_sizes
     ]
+    saes += fit_converged_saes(
+        rows,
+        normalizer,
+        settings.sae_lens_configs(),
+        hook_name=hook_name,
+        model_name=model_name,
+        progress=progress,
+    )
     provenance = train.provenance if isinstance(train, ActivationRingBuffer) else {}
     for baseline in (gaussian, *saes):
         if provenance:

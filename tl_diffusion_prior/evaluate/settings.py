@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 
 from tl_diffusion_prior.core.config import ConfigBase
 from tl_diffusion_prior.core.validation import check_choice, check_float, check_int
+from tl_diffusion_prior.evaluate.baselines.sae_lens_training import SAELensTrainConfig
 from tl_diffusion_prior.evaluate.baselines.sae_training import SAETrainConfig
 
 DEFAULT_SEQ_LEN = 128
@@ -38,9 +39,20 @@ class EvalSettings(ConfigBase):
             left unpatched (as capture keeps them out of training); None patches them too.
         max_train_rows: Training rows used to fit the Gaussian/PCA baseline and to train SAEs.
         pca_ks: PCA sizes (values above ``d_model`` are dropped).
-        sae_sizes: ``(expansion factor, k)`` pairs; ``d_sae = factor * d_model``.
+        sae_sizes: ``(expansion factor, k)`` pairs of our TopK SAEs trained for the fixed
+            ``sae_train["steps"]``; ``d_sae = factor * d_model`` (the quick preset's SAE; the full
+            preset trains converged SAELens SAEs instead).
         sae_train: :class:`~tl_diffusion_prior.evaluate.baselines.sae_training.SAETrainConfig`
             fields.
+        sae_lens: One dict of
+            :class:`~tl_diffusion_prior.evaluate.baselines.sae_lens_training.SAELensTrainConfig`
+            fields per SAELens SAE, each trained with SAELens's own trainer until its held-out
+            NMSE plateaus (default: TopK, ``d_sae = 8 * d_model``, ``k`` 32 and 128). Without
+            sae-lens installed, the TopK ones are our TopK SAE trained to the same criterion.
+        sae_convergence:
+            :class:`~tl_diffusion_prior.evaluate.baselines.convergence.ConvergenceConfig` fields
+            (evaluation interval, patience, threshold, sample cap, held-out rows) shared by the
+            ``sae_lens`` SAEs; an entry's own ``convergence`` dict overrides them.
         ts: Noise levels of the reconstruction sweep (Gaussian posterior and priors).
         prior_num_steps: Euler/DDPM steps of the multi-step prior reconstructions.
         one_step: Also evaluate each prior's one-step posterior-mean estimate.
@@ -73,8 +85,13 @@ class EvalSettings(ConfigBase):
     outlier_multiple: float | None = 5.0
     max_train_rows: int = 200_000
     pca_ks: tuple[int, ...] = (32, 128, 256, 384)
-    sae_sizes: tuple[tuple[int, int], ...] = ((8, 64), (4, 32))
+    sae_sizes: tuple[tuple[int, int], ...] = ()
     sae_train: dict = field(default_factory=lambda: {"steps": 3000, "batch_size": 1024})
+    sae_lens: tuple[dict, ...] = (
+        {"architecture": "topk", "k": 32},
+        {"architecture": "topk", "k": 128},
+    )
+    sae_convergence: dict = field(default_factory=dict)
     ts: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
     prior_num_steps: int = 20
     one_step: bool = True
@@ -128,6 +145,8 @@ class EvalSettings(ConfigBase):
             check_choice(f"gaussian_modes[{i}]", mode, ("mean", "sample"))
         check_float("headline_t", self.headline_t, minimum=0.0, maximum=1.0, min_open=True)
         self.sae_train_config()  # validates the SAE fields early
+        self.sae_lens = tuple(dict(entry) for entry in self.sae_lens)
+        self.sae_lens_configs()
 
     def resolved_seq_len(self, priors: Sequence[Any] = ()) -> int:
         """``seq_len``, or the priors' capture context length, or 128."""
@@ -146,6 +165,17 @@ class EvalSettings(ConfigBase):
         data.setdefault("seed", self.seed)
         return SAETrainConfig(**data)
 
+    def sae_lens_configs(self) -> list[SAELensTrainConfig]:
+        """The ``sae_lens`` entries as configs, with ``sae_convergence`` and the seed filled in."""
+        out = []
+        for entry in self.sae_lens:
+            if not isinstance(entry, dict):
+                raise TypeError(f"sae_lens entries must be dicts, got {type(entry).__name__}.")
+            data = {"seed": self.seed, **entry}
+            data["convergence"] = {**self.sae_convergence, **entry.get("convergence", {})}
+            out.append(SAELensTrainConfig.from_dict(data))
+        return out
+
     @classmethod
     def quick(cls, **overrides) -> EvalSettings:
         """A few minutes on a CPU: small held-out sets, short sweeps, small SAEs."""
@@ -155,6 +185,7 @@ class EvalSettings(ConfigBase):
             max_train_rows=20_000,
             pca_ks=(32, 128),
             sae_sizes=((4, 32),),
+            sae_lens=(),
             sae_train={"steps": 300, "batch_size": 512},
             ts=(0.25, 0.5),
             gaussian_modes=("mean",),
