@@ -3,14 +3,17 @@ import argparse
 import pytest
 import sae_lens
 
+from tests.evaluate.helpers import fitted_gaussian
 from tests.training.helpers import D_MODEL, filled_buffer, tiny_prior
-from tl_diffusion_prior.cli.eval import _settings, add_eval_arguments
+from tl_diffusion_prior.cli.eval import _load_baselines, _settings, add_eval_arguments
 from tl_diffusion_prior.cli.main import build_parser
 from tl_diffusion_prior.evaluate.baselines.base import fit_normalizer
+from tl_diffusion_prior.evaluate.baselines.sae_lens_baseline import SAELensBaseline
 from tl_diffusion_prior.evaluate.baselines.sae_lens_training import (
     SAELensTrainConfig,
     train_sae_lens_sae,
 )
+from tl_diffusion_prior.evaluate.plan import Baselines
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 
 
@@ -94,3 +97,15 @@ def test_eval_refuses_an_sae_of_another_width_or_hook_before_the_model_loads(
     other.save_model(tmp_path / "other")
     with pytest.raises(ValueError, match="trained on 'blocks.9.hook_resid_post'"):
         eval_until_model_load("--sae", str(tmp_path / "other"))
+
+
+def test_baselines_folder_with_sae_lens_saes_loads_back(tmp_path):
+    buffer = filled_buffer(512, d_model=D_MODEL)
+    convergence = {"eval_every_samples": 256, "heldout_rows": 64, "max_samples": 256}
+    config = SAELensTrainConfig(expansion=2, k=2, batch_size=64, convergence=convergence)
+    sae = train_sae_lens_sae(buffer, fit_normalizer(buffer), config)
+    # Two SAEs of one shape get two folders.
+    Baselines(fitted_gaussian(buffer.filled_rows(0)), [sae, sae]).save(tmp_path / "b")
+    loaded = _load_baselines(tmp_path / "b")
+    assert [type(s) for s in loaded.saes] == [SAELensBaseline, SAELensBaseline]
+    assert loaded.saes[0].training_record["convergence"] == sae.training_record["convergence"]
