@@ -23,6 +23,7 @@ from tl_diffusion_prior.evaluate.baselines.sae_lens_training import (
     train_sae_lens_sae,
 )
 from tl_diffusion_prior.evaluate.reconstructors import SAEReconstructor, label
+from tl_diffusion_prior.evaluate.settings import EvalSettings
 
 HOOK = "blocks.0.hook_resid_post"
 RECORD_FIELDS = {
@@ -139,3 +140,21 @@ def test_without_sae_lens_our_topk_sae_meets_the_same_criterion(monkeypatch):
     assert len(saes) == 1 and isinstance(saes[0], TopKSAE)  # no ReLU SAE of our own
     assert RECORD_FIELDS <= set(saes[0].training_record["convergence"])
     assert saes[0].training_record["instead_of_sae_lens"] == "no sae-lens here"
+
+
+def test_train_config_checks_and_settings_merge_convergence():
+    with pytest.raises(ValueError, match="architecture"):
+        SAELensTrainConfig(architecture="jumprelu")
+    with pytest.raises(ValueError, match="patience"):
+        SAELensTrainConfig(convergence={"patience": 0})
+    assert SAELensTrainConfig(k=32).label() == "sae_lens_topk_k32_x8"
+    settings = EvalSettings(
+        seed=5,
+        sae_lens=({"k": 16, "convergence": {"patience": 5}},),
+        sae_convergence={"patience": 2, "max_samples": 1000},
+    )
+    (config,) = settings.sae_lens_configs()
+    assert config.seed == 5 and config.k == 16
+    assert config.convergence_config().patience == 5  # the entry's own value wins
+    assert config.convergence_config().max_samples == 1000
+    assert EvalSettings.quick().sae_lens == ()

@@ -73,7 +73,7 @@ class SAELensTrainConfig(ConfigBase):
     k: int = 64
     l1_coefficient: float = 5.0
     batch_size: int = 4096
-    lr: float = 5e-4
+    lr: float = 1e-3
     lr_warm_up_steps: int = 50
     dead_after_samples: int = 1_000_000
     seed: int = 0
