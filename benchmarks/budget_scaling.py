@@ -99,7 +99,7 @@ def main() -> None:
                     "samples": result.samples_seen,
                     "val_over_reference": result.val_over_reference,
                     "a": _ratio(targets, "a_restoration_heldout"),
-                    "a_ood_vs_noise": _ratio(targets, "a_restoration_ood_vs_noise"),
+                    "a_ood_vs_noise": _ratio(targets, "a_restoration_pydoc_vs_noise"),
                     "b": _ratio(targets, "b_reconstruction_vs_sae"),
                     "c": _fd_ratio(targets, args.prior),
                 }

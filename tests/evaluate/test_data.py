@@ -55,3 +55,29 @@ def test_held_out_windows_follow_the_settings():
         packed_windows(FakeModel(), texts, "heldout", seq_len=8, max_windows=3, seed=1).tokens
     )
     assert pydoc.tokens.shape == (3, 8)
+
+
+def test_held_out_windows_are_cut_per_source_and_ood_sets_keep_their_names():
+    docs = [
+        Document(c * 40, src, f"{src}{i}")
+        for i, (c, src) in enumerate(
+            [("a", "one"), ("b", "two"), ("c", "one"), ("d", "two"), ("e", "three")]
+        )
+    ]
+    ood = {"pydoc": ["zyxwvu" * 6], "second": ["tsrqpo" * 9]}
+    settings = EvalSettings(seq_len=8, max_sequences=3, seed=1)
+    heldout, pydoc, second = held_out_windows(FakeModel(), settings, heldout=docs, ood=ood)
+    assert (heldout.name, pydoc.name, second.name) == ("heldout", "pydoc", "second")
+    # Three windows from each source, labelled, with bootstrap clusters that never straddle two.
+    assert heldout.groups == ("one",) * 3 + ("two",) * 3 + ("three",) * 3
+    assert heldout.tokens.shape == (9, 8)
+    assert len(set(heldout.doc_ids.tolist())) == 9
+    one = packed_windows(FakeModel(), [d for d in docs if d.source == "one"], "x", 8, 3, seed=1)
+    assert heldout.tokens[:3].equal(one.tokens)
+    pooled = held_out_windows(
+        FakeModel(),
+        EvalSettings(seq_len=8, max_sequences=3, per_source=False),
+        heldout=docs,
+        ood=ood,
+    )[0]
+    assert pooled.groups is None and pooled.tokens.shape == (3, 8)

@@ -42,11 +42,14 @@ class TokenSet:
         name: Data set name used in reports (e.g. ``"heldout"``, ``"pydoc"``).
         tokens: ``[n, seq_len]`` token ids, each row starting with BOS.
         doc_ids: The document each window came from (bootstrap clusters).
+        groups: Optionally a label per window (the corpus source it came from); results then
+            also report delta LM per label.
     """
 
     name: str
     tokens: Int[Tensor, "n seq"]
     doc_ids: Int[Tensor, " windows"]
+    groups: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.tokens.ndim != 2 or self.tokens.shape[1] < 3:
@@ -55,6 +58,10 @@ class TokenSet:
             raise ValueError(
                 f"doc_ids must have one id per window ({self.tokens.shape[0]}), got "
                 f"{tuple(self.doc_ids.shape)}."
+            )
+        if self.groups is not None and len(self.groups) != self.tokens.shape[0]:
+            raise ValueError(
+                f"groups must label every window ({self.tokens.shape[0]}), got {len(self.groups)}."
             )
 
 
@@ -235,7 +242,12 @@ class Condition:
 
 @dataclass
 class FidelityResult:
-    """One method at one setting under one condition on one data set."""
+    """One method at one setting under one condition on one data set.
+
+    ``per_group`` holds delta LM per window label (corpus source) when the set has labels;
+    ``window_deltas`` the per-window delta LM that every interval was bootstrapped from (kept
+    for paired comparisons of methods on the same windows; not written to ``report.json``).
+    """
 
     method: str
     setting: dict
@@ -247,6 +259,8 @@ class FidelityResult:
     n_tokens: int
     seconds: float
     extra: dict = field(default_factory=dict)
+    per_group: dict[str, ConfidenceInterval] = field(default_factory=dict)
+    window_deltas: Tensor | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
@@ -256,7 +270,9 @@ class FidelityResult:
 
     def to_dict(self) -> dict:
         out = dict(self.__dict__)
+        out.pop("window_deltas")
         out["delta_lm"] = self.delta_lm.to_dict()
+        out["per_group"] = {k: v.to_dict() for k, v in self.per_group.items()}
         out["label"] = self.label
         return out
 
@@ -312,6 +328,7 @@ def evaluate_reconstructor(
             retained.append(((x_hat - x) @ v) / (condition.steer_scale * (v @ v)))
     deltas = torch.cat(seq_deltas)
     ci = bootstrap_ci(deltas, groups=clean.token_set.doc_ids, n_resamples=n_resamples, seed=seed)
+    per_group = _per_group_ci(deltas, clean.token_set, n_resamples, seed)
     extra = {}
     if retained:
         extra["steer_retained"] = float(torch.cat(retained).double().mean())
@@ -326,7 +343,24 @@ def evaluate_reconstructor(
         n_tokens=int(clean.patch_mask.sum()),
         seconds=round(time.perf_counter() - started, 2),
         extra={"label": label(reconstructor), **extra},
+        per_group=per_group,
+        window_deltas=deltas,
     )
+
+
+def _per_group_ci(
+    deltas: Tensor, token_set: TokenSet, n_resamples: int, seed: int
+) -> dict[str, ConfidenceInterval]:
+    """Delta LM with its interval over each label's windows (empty without labels)."""
+    if token_set.groups is None:
+        return {}
+    out = {}
+    for name in dict.fromkeys(token_set.groups):
+        index = torch.tensor([g == name for g in token_set.groups])
+        out[name] = bootstrap_ci(
+            deltas[index], groups=token_set.doc_ids[index], n_resamples=n_resamples, seed=seed
+        )
+    return out
 
 
 def _perturb(

@@ -18,18 +18,25 @@ DEFAULT_SEQ_LEN = 128
 class EvalSettings(ConfigBase):
     """Knobs of :func:`~tl_diffusion_prior.evaluate.report.run.run_evaluation`.
 
-    Cost: every (data set, condition, method, setting) runs the model from the hook to the end
-    once over all windows, and each multi-step prior setting also runs ``prior_num_steps``
-    network evaluations per patched token. On a 2-core CPU the defaults (128 windows of 128
-    tokens, two priors) take hours, dominated by the prior denoising and SAE training; the
-    ``quick`` preset takes about half an hour on a busy 2-core machine.
+    Cost: every (condition, method, setting) runs the model from the hook to the end once over
+    all windows of every set, and each multi-step prior setting also runs ``prior_num_steps``
+    network evaluations per patched token. The defaults (64 windows of 128 tokens per corpus
+    source and per out-of-domain set, about 700 windows) are sized so that differences between
+    methods are resolved (the report states the smallest resolved difference); on a 2-core CPU a
+    default run of one MLP prior takes about an hour (a UNet prior's 20-step denoising costs
+    about 30 minutes per setting there). The ``quick`` preset (16 pooled windows per set) takes
+    minutes and is meant for tests.
 
     Attributes:
         seq_len: Tokens per held-out window (BOS included); None: the context length the
             priors' activations were captured with (``training_record["ctx"]``), else 128.
             Activation statistics drift with the position, so held-out windows should be as
             long as the training rows.
-        max_sequences: Windows per held-out set (the paper: 2048 documents).
+        max_sequences: Windows per held-out set; with ``per_source`` the corpus's held-out split
+            gives this many windows per source (the paper: 2048 documents).
+        per_source: Cut the corpus's held-out windows source by source (``max_sequences`` each)
+            and report delta LM per source next to the pooled figure; False cuts
+            ``max_sequences`` windows from the mixed held-out stream.
         window_mode: ``"packed"``: rows of the packed, shuffled document stream, as the trainer
             captures them (held-out rows then follow the training distribution);
             ``"document"``: the first tokens of each document, as in the paper.
@@ -59,7 +66,8 @@ class EvalSettings(ConfigBase):
         gaussian_modes: ``"mean"`` and/or ``"sample"`` for the Gaussian posterior.
         noise_stds: Restoration noise levels (std in normalised space).
         steer_scales: Steering scales as multiples of the mean activation norm (the vector is
-            unit-normalised first, as in the paper's ``alpha = r * mean norm``).
+            unit-normalised first, as in the paper's ``alpha = r * mean norm``); empty by default:
+            steering is measured by the steering benchmark, not by this run.
         steer_ts: Noise levels of the Gaussian posterior and the priors in steering restoration.
         n_fd_samples: Samples per Frechet distance (and train rows of its floor); target (c) is
             flagged unreliable below 20 per dimension (11,520 for d_model 576).
@@ -78,13 +86,14 @@ class EvalSettings(ConfigBase):
     unknown_keys_label: ClassVar[str] = "evaluation settings"
 
     seq_len: int | None = None
-    max_sequences: int = 128
+    max_sequences: int = 64
+    per_source: bool = True
     window_mode: str = "packed"
     windows_per_doc: int = 2
     batch_size: int = 8
     outlier_multiple: float | None = 5.0
     max_train_rows: int = 200_000
-    pca_ks: tuple[int, ...] = (32, 128, 256, 384)
+    pca_ks: tuple[int, ...] = (32, 128, 384)
     sae_sizes: tuple[tuple[int, int], ...] = ()
     sae_train: dict = field(default_factory=lambda: {"steps": 3000, "batch_size": 1024})
     sae_lens: tuple[dict, ...] = (
@@ -92,16 +101,16 @@ class EvalSettings(ConfigBase):
         {"architecture": "topk", "k": 128},
     )
     sae_convergence: dict = field(default_factory=dict)
-    ts: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)
+    ts: tuple[float, ...] = (0.25, 0.5, 0.75)
     prior_num_steps: int = 20
-    one_step: bool = True
-    gaussian_modes: tuple[str, ...] = ("mean", "sample")
-    noise_stds: tuple[float, ...] = (0.5, 1.0, 2.0)
-    steer_scales: tuple[float, ...] = (0.25, 0.5)
+    one_step: bool = False
+    gaussian_modes: tuple[str, ...] = ("mean",)
+    noise_stds: tuple[float, ...] = (1.0,)
+    steer_scales: tuple[float, ...] = ()
     steer_ts: tuple[float, ...] = (0.5,)
-    n_fd_samples: int = 12_000
+    n_fd_samples: int = 20_000
     fd_sample_steps: int | None = None
-    steer_curve_scales: tuple[float, ...] = (0.05, 0.1, 0.25)
+    steer_curve_scales: tuple[float, ...] = ()
     steer_curve_concepts: int = 3
     steer_curve_prompts: int = 3
     steer_curve_tokens: int = 16
@@ -181,6 +190,8 @@ class EvalSettings(ConfigBase):
         """A few minutes on a CPU: small held-out sets, short sweeps, small SAEs."""
         values = dict(
             max_sequences=16,
+            per_source=False,
+            one_step=True,
             windows_per_doc=1,
             max_train_rows=20_000,
             pca_ks=(32, 128),

@@ -27,7 +27,12 @@ def tiny_run(tiny_model, tmp_path):
         prior_dir / "loss.csv", [{"step": s, "train_loss": 2.0 - s / 10} for s in range(5)]
     )
     token_sets = [
-        TokenSet("heldout", torch.randint(0, 300, (6, 12), generator=gen), torch.arange(6) // 2),
+        TokenSet(
+            "heldout",
+            torch.randint(0, 300, (6, 12), generator=gen),
+            torch.arange(6) // 2,
+            groups=("one",) * 4 + ("two",) * 2,
+        ),
         TokenSet("pydoc", torch.randint(0, 300, (4, 12), generator=gen), torch.arange(4)),
     ]
     curves = steering_curves(

@@ -11,9 +11,14 @@ def test_run_covers_every_method_condition_and_dataset(tiny_run):
         "PCA",
         "SAE",
         "Gaussian posterior mean",
+        "Wiener filter",
         "mlp prior",
         "mlp prior one-step",
+        "mlp prior round trip",
     }
+    # Restoration names its protocols: the Wiener filter and the round trip only restore.
+    for method in ("Wiener filter", "mlp prior round trip"):
+        assert {r.condition for r in report.results if r.method == method} == {"noise std=1"}
     assert {r.dataset for r in report.results} == {"heldout", "pydoc"}
     # k above d_model is dropped; identity reconstruction is exact.
     assert {r.setting["k"] for r in report.results if r.method == "PCA"} == {4, 16}
@@ -29,3 +34,16 @@ def test_run_covers_every_method_condition_and_dataset(tiny_run):
         "b_equal_distortion",
         "c_frechet",
     }
+
+
+def test_run_reports_per_source_figures_and_its_resolution(tiny_run):
+    report, _ = tiny_run
+    heldout = [r for r in report.results if r.dataset == "heldout"]
+    assert all(set(r.per_group) == {"one", "two"} for r in heldout)
+    assert all(not r.per_group for r in report.results if r.dataset == "pydoc")
+    assert report.datasets["heldout"]["windows_per_group"] == {"one": 4, "two": 2}
+    entry = report.resolution["heldout"]["reconstruct"]
+    assert 0 <= entry["paired_median"] <= entry["paired_max"]
+    assert set(entry["unpaired_per_group"]) == {"one", "two"}
+    assert "noise std=1" in report.resolution["pydoc"]
+    assert "window_deltas" not in report.results[0].to_dict()

@@ -25,8 +25,14 @@ def test_write_report_outputs(tiny_run):
         "## Frechet distance",
         "## Best setting per method",
         "(c) normalised FD / floor",
+        "## What this run can resolve",
+        "## Delta LM per source of `heldout`",
+        "(a') restoration, held-out, the paper's round trip",
+        "(a) restoration on `pydoc`: best prior / noise left alone",
     ):
         assert heading in markdown
+    assert data["resolution"]["heldout"]["reconstruct"]["n_pairs"] >= 1
+    assert set(data["results"][0]["per_group"]) == {"one", "two"}
     pngs = sorted(p.name for p in (tmp_path / "report" / "plots").iterdir())
     assert pngs == sorted(
         [

@@ -9,6 +9,7 @@ generators seeded with ``settings.seed``.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,7 @@ class HeldOut:
                 "n_patched_tokens": int(c.patch_mask.sum()),
                 "n_outliers_unpatched": c.n_outliers,
                 "clean_loss": float(c.clean_loss[:, 1:].double().mean()),
+                "windows_per_group": dict(Counter(c.token_set.groups or ())),
             }
             for c in self.cleans
         }

@@ -1,10 +1,11 @@
 """The evaluation run: fit baselines, measure every method and gather an :class:`EvalReport`.
 
 ``run_evaluation`` fits the baselines on the training activations with the priors' normalisation
-(or reuses given ones), captures two held-out sets no method was trained on (the corpus's held-out
-split and an out-of-domain set), and measures for every method and setting: delta LM and relative
-error for reconstruction, restoration from Gaussian noise and from an added steering vector; the
-Frechet distance of prior samples; the equal-distortion comparison and the benchmark ratios.
+(or reuses given ones), captures held-out sets no method was trained on (the corpus's held-out
+split, per source, and the out-of-domain sets), and measures for every method and setting: delta
+LM and relative error for reconstruction, restoration from Gaussian noise and from an added
+steering vector; the Frechet distance of prior samples; the equal-distortion comparison, the
+benchmark ratios and the run's resolution.
 :func:`~tl_diffusion_prior.evaluate.report.write.write_report` turns the report into files.
 
 The phases (:mod:`~tl_diffusion_prior.evaluate.report.measure`) run in a fixed order: inputs
@@ -48,6 +49,7 @@ from tl_diffusion_prior.evaluate.report.measure import (
 )
 from tl_diffusion_prior.evaluate.report.plots import loss_history
 from tl_diffusion_prior.evaluate.report.types import EvalReport
+from tl_diffusion_prior.evaluate.resolution import resolution
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves
 from tl_diffusion_prior.evaluate.targets import benchmark_targets, best_settings
@@ -71,7 +73,7 @@ def run_evaluation(
     model_name: str | None = None,
     token_sets: list[TokenSet] | None = None,
     heldout_texts: list[str] | None = None,
-    ood_texts: list[str] | None = None,
+    ood_texts: list[str] | dict[str, list[str]] | None = None,
     steer_vectors: dict[str, Tensor] | None = None,
     baselines: Baselines | None = None,
     steering: SteeringCurves | None = None,
@@ -86,9 +88,10 @@ def run_evaluation(
         settings: What to measure; default :class:`EvalSettings`.
         prior_names / prior_dirs: Display names and save directories (for ``loss.csv``).
         hook_name / model_name: Needed only without priors.
-        token_sets: Held-out windows; the first is the in-domain set of the targets, the second
-            the out-of-domain one. Default: from ``heldout_texts`` and ``ood_texts`` (themselves
-            defaulting to the corpus's held-out split and pydoc topics).
+        token_sets: Held-out windows; the first is the in-domain set of the targets, the others
+            out-of-domain ones. Default: from ``heldout_texts`` and ``ood_texts`` (themselves
+            defaulting to the corpus's held-out split, cut per source, and every out-of-domain
+            set of ``data.corpus``; ``ood_texts`` may be one list or a mapping name -> list).
         steer_vectors: Raw-space directions for the steering restoration; default: the difference
             of means between the out-of-domain and the in-domain held-out activations.
         baselines: Reuse fitted baselines instead of fitting them here.
@@ -207,6 +210,14 @@ def _assemble_report(
     scatter = _scatter(held.rows, candidates, g)
     histories = _loss_histories(run, baselines)
     targets = _targets(run, held, results, frechet)
+    settings = run.settings
+    precision = resolution(
+        results,
+        {c.token_set.name: c.token_set.doc_ids for c in held.cleans},
+        ["reconstruct", f"noise std={settings.headline_noise_std:g}"],
+        n_resamples=settings.n_bootstrap,
+        seed=settings.seed,
+    )
     clock.since_start("total_s")
     return EvalReport(
         model_name=run.model_name,
@@ -227,6 +238,7 @@ def _assemble_report(
         frechet=frechet,
         targets=targets,
         best_settings=best_settings(results),
+        resolution=precision,
         loss_histories=histories,
         steering=steering,
         timings={k: round(v, 2) for k, v in clock.seconds.items()},
@@ -247,7 +259,7 @@ def _targets(
         prior_methods=names + ([f"{n} one-step" for n in names] if settings.one_step else []),
         multi_step_prior_methods=names,
         heldout=held.cleans[0].token_set.name,
-        ood=held.cleans[1].token_set.name if len(held.cleans) > 1 else None,
+        ood=[clean.token_set.name for clean in held.cleans[1:]],
         headline_noise_std=settings.headline_noise_std,
         headline_t=settings.headline_t,
     )

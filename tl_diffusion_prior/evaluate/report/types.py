@@ -35,6 +35,8 @@ class EvalReport:
         frechet: The Frechet-distance section (floor, one row per candidate, sample sizes).
         targets: The benchmark ratios (``evaluate.targets.benchmark_targets``).
         best_settings: Per ``dataset | condition | method``: the setting with the lowest delta LM.
+        resolution: The smallest differences the run resolves, per data set and condition
+            (:func:`~tl_diffusion_prior.evaluate.resolution.resolution`).
         loss_histories: Display name -> loss columns of each prior's and SAE's training.
         steering: The concept-vs-fluency steering curves; None when not run.
         timings: Seconds per phase (``baselines_s``, ``fidelity_s``, ``steering_s``,
@@ -60,6 +62,7 @@ class EvalReport:
     steering: SteeringCurves | None
     timings: dict[str, float]
     created: str
+    resolution: dict = field(default_factory=dict)
     scatter: dict[str, Any] = field(default_factory=dict, repr=False)
     steer_vectors: dict[str, Tensor] = field(default_factory=dict, repr=False)
 
@@ -74,6 +77,7 @@ class EvalReport:
             "datasets": self.datasets,
             "results": [r.to_dict() for r in self.results],
             "best_settings": self.best_settings,
+            "resolution": self.resolution,
             "frechet": self.frechet,
             "targets": self.targets,
             "loss_histories": self.loss_histories,
