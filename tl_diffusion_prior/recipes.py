@@ -316,7 +316,13 @@ STEER_EXAMPLE = dict(
 )
 
 
-# TODO(steering units): re-picked below from measurements.
+# The demo's two relative scales (r x the mean activation norm, added along the vector's unit
+# direction), picked by reading greedy 24-token generations of the default model with the default
+# demo's MLP prior at r = 0.05, 0.1, 0.25, 0.35, 0.5, 0.75 and 1 (two or three prompts; the texts
+# are in benchmarks/results/steer_scales.md, issue 15). r = 0.05 and 0.1 leave plain greedy text
+# unchanged. At 0.25 plain steering is fluent and on-concept ("I'm excited to ... meet some amazing
+# people"). At 0.5 plain steering breaks on some prompts (emoji), while the prior's text stays
+# fluent and is the most joyful ("I'm thrilled to ... celebrate"). At 1 both break.
 STEER_EXAMPLE_SCALES = (0.25, 0.5)
 
 

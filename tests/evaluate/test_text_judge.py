@@ -12,6 +12,7 @@ FLUENT = [
     "The cat sat on the mat and looked out of the window.",
     "I spent Saturday reading in the garden, then cooked dinner for my sister and her kids.",
     "What's on your mind? I'm happy to help with anything you need today.",
+    "I'm going to the market tomorrow. I'll be there with a basket. I'll give you a call.",
     "Prices rose by 3% in March, the largest monthly increase since 2019.",
 ]
 DEGENERATE = [
@@ -20,6 +21,8 @@ DEGENERATE = [
     "##!##!##!##!##!##!",
     "I'm looking to discuss the upcoming event. I'm looking to discuss the upcoming event.",
     "## 🌱 ### 🎽 ### ### ### ###",
+    'A moment in no."\n\n****\n\n**@**\n\n****\n\n@**',
+    "I'm here to help you with your business, and I'm here to help you with your business.",
     "",
 ]
 
@@ -83,3 +86,28 @@ def test_lexicons_are_held_out_from_the_vectors_prompts_and_scored_words():
         for word in CONCEPT_LEXICONS[concept.name]:
             clashes = [u for u in used if u[:4] == word[:4]]
             assert not clashes, f"{concept.name}: {word!r} is close to {clashes}"
+
+
+@pytest.mark.slow
+def test_nll_cap_separates_written_english_from_word_salad_on_the_default_model(default_model):
+    from tl_diffusion_prior.evaluate.fluency import continuation_nll
+    from tl_diffusion_prior.evaluate.text_judge import MAX_FLUENT_NLL
+
+    prompt = default_model.to_tokens("Tell me about your weekend.")
+    fluent = [
+        " I went hiking with my friends on Saturday and we had a picnic by the lake.",
+        " It was quiet. I read a book, cooked dinner and watched a film on Sunday.",
+    ]
+    salad = [
+        " purple keyboard seventeen whom banana quickly of tax elephant the river",
+        " ## ** @@ ]] iteritems }} 0x3F <> ;; undefined hatch rhombus",
+    ]
+
+    def nll(text):
+        tokens = default_model.to_tokens(text, prepend_bos=False)
+        return continuation_nll(default_model, prompt, tokens).item()
+
+    fluent_nll, salad_nll = [nll(t) for t in fluent], [nll(t) for t in salad]
+    assert max(fluent_nll) < MAX_FLUENT_NLL < min(salad_nll), (fluent_nll, salad_nll)
+    assert all(judge_fluency(t, n).fluent for t, n in zip(fluent, fluent_nll, strict=True))
+    assert not any(judge_fluency(t, n).fluent for t, n in zip(salad, salad_nll, strict=True))

@@ -9,7 +9,8 @@ text itself:
   longest word n-gram that occurs twice, the fraction of characters inside a loop (a unit of 2+
   characters repeated 3+ times in a row, which catches loops inside one "word" such as
   ``"iteritemsiteritemsiteritems"`` or ``"##!##!##!"``) and the fraction of junk characters
-  (neither letters, digits, spaces nor common punctuation).
+  (neither letters, digits, spaces nor common punctuation; markdown's ``*`` and ``@`` count as
+  junk: strongly steered text dissolves into them).
 * :func:`judge_fluency`: a text is fluent when it is not empty, none of those measures crosses its
   threshold, and (if given) its NLL is at most :data:`MAX_FLUENT_NLL`.
 * :func:`lexicon_hits`: how many words of a held-out concept lexicon occur in the text, a concept
@@ -28,15 +29,15 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-WORD = re.compile(r"[^\W_]+|[^\w\s]", re.UNICODE)
+WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*", re.UNICODE)
 LETTERS = re.compile(r"[^\W\d_]+", re.UNICODE)
 LOOP = re.compile(r"(.{2,}?)\1{2,}", re.DOTALL)
-PUNCTUATION = set(".,;:!?'\"-()[]/&%$*+=@’‘“”…")
+PUNCTUATION = set(".,;:!?'\"-()[]/&%$’‘“”…")
 
 #: A text is degenerate below this distinct-2 (most 2-grams repeated)...
 MIN_DISTINCT_2 = 0.6
 #: ...or when some word n-gram this long occurs twice...
-MAX_REPEAT_WORDS = 4
+MAX_REPEAT_WORDS = 5
 #: ...or when loops cover more than this fraction of its characters...
 MAX_LOOP_FRACTION = 0.3
 #: ...or junk characters more than this fraction of its non-space characters.
@@ -51,7 +52,8 @@ class RepetitionStats:
     """Repetition and junk measures of one text (see module docstring).
 
     Attributes:
-        n_words: Words and punctuation marks counted.
+        n_words: Words counted (letters and digits, with inner apostrophes: "I'll" is one word;
+            punctuation is left out of the n-grams so that ". I'll" does not count as a phrase).
         distinct: distinct-1, -2 and -3 (1.0 when the text has no n-grams of that size).
         longest_repeat: Words in the longest n-gram that occurs at two different places.
         loop_fraction: Fraction of the characters inside a loop.
@@ -138,7 +140,7 @@ def judge_fluency(
     """Judge ``text`` fluent or not, from its repetition measures and (optionally) its NLL."""
     stats = repetition_stats(text)
     reasons = []
-    if stats.n_words == 0:
+    if not text.strip():
         reasons.append("empty")
     if stats.distinct[1] < MIN_DISTINCT_2:
         reasons.append(f"distinct-2 {stats.distinct[1]:.2f} < {MIN_DISTINCT_2}")
