@@ -22,6 +22,7 @@ from tl_diffusion_prior.evaluate.baselines.sae_lens_training import (
     SAELensTrainConfig,
     train_sae_lens_sae,
 )
+from tl_diffusion_prior.evaluate.plan import build_plan, fit_baselines
 from tl_diffusion_prior.evaluate.reconstructors import SAEReconstructor, label
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 
@@ -158,3 +159,21 @@ def test_train_config_checks_and_settings_merge_convergence():
     assert config.convergence_config().patience == 5  # the entry's own value wins
     assert config.convergence_config().max_samples == 1000
     assert EvalSettings.quick().sae_lens == ()
+
+
+def test_fit_baselines_trains_the_settings_sae_lens_saes_and_the_plan_uses_them():
+    buffer = filled_buffer(1024, d_model=8)
+    entry = {"expansion": 2, "k": 2, "batch_size": 64}
+    convergence = {"eval_every_samples": 256, "heldout_rows": 64, "max_samples": 512}
+    settings = EvalSettings.quick(
+        sae_sizes=(), sae_lens=(entry,), sae_convergence=convergence, pca_ks=(4,)
+    )
+    buffer.provenance["model_fingerprint"] = "0123456789abcdef"
+    baselines = fit_baselines(buffer, settings, hook_name=buffer.hook_names[0])
+    (sae,) = baselines.saes
+    assert isinstance(sae, SAELensBaseline) and sae.config.k == 2
+    assert sae.training_record["convergence"]["samples_seen"] >= 512
+    assert sae.training_record["model_fingerprint"] == "0123456789abcdef"  # provenance kept
+    plan = build_plan(settings, baselines, [], [], None, 1.0)
+    reconstruct = next(methods for condition, methods in plan if condition.kind == "reconstruct")
+    assert "SAELens SAE (arch=topk, d_sae=16, k=2)" in {label(m) for m in reconstruct}
