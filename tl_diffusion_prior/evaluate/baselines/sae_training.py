@@ -1,19 +1,18 @@
-"""Training the TopK SAE baseline on a capture buffer, natively or with SAELens.
+"""Training our TopK SAE baseline on a buffer, for a fixed number of steps or to convergence.
 
-The native loop (the default, no extra dependency) is the standard recipe: Adam, normalised MSE,
-unit-norm decoder rows (the gradient component along each row is removed before the step and rows
-are renormalised after it), and the AuxK loss of Gao et al. (2024) that lets dead latents model the
-residual. ``backend="sae_lens"`` trains SAELens 6's ``TopKTrainingSAE`` with its ``SAETrainer`` on
-the same normalised batches (the optional ``bench`` extra) and converts the result into a
-:class:`~tl_diffusion_prior.evaluate.baselines.sae.TopKSAE`, checking that both give the same
-reconstructions, so that saving, loading and evaluation never depend on SAELens.
+The native loop (no extra dependency) is the standard recipe: Adam, normalised MSE, unit-norm
+decoder rows (the gradient component along each row is removed before the step and rows are
+renormalised after it), and the AuxK loss of Gao et al. (2024) that lets dead latents model the
+residual. :class:`NativeTrainee` runs it one step at a time, for the fixed-step path
+(``SAETrainConfig.steps``, the ``--quick`` preset's SAE) and for training until the held-out NMSE
+plateaus (``convergence=``, the criterion of
+:mod:`~tl_diffusion_prior.evaluate.baselines.convergence`): that is the fallback for the converged
+SAELens SAEs (:mod:`~tl_diffusion_prior.evaluate.baselines.sae_lens_training`) when sae-lens is not
+installed.
 
-Why native by default: SAELens 6.54 trains cleanly from an iterator over our normalised buffer
-rows (checked: on the same data and steps both reach the same held-out FVU, 0.141 for a
-256-latent, k = 8 SAE on rank-16 data in 64 dimensions), but it is an optional extra that pulls in
-about 25 more packages (nltk, plotly, statsmodels, ...) and writes its own checkpoint format, while
-the TopK SAE itself is a few dozen lines. The native loop keeps the baseline available in every
-install and in CI.
+``backend="sae_lens"`` (older) trains SAELens's ``TopKTrainingSAE`` for the fixed steps and
+converts it into a :class:`~tl_diffusion_prior.evaluate.baselines.sae.TopKSAE`, checking that both
+give the same reconstructions; the converged SAELens baselines keep SAELens's own SAE instead.
 """
 
 from __future__ import annotations
