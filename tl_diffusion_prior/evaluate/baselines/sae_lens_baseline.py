@@ -216,7 +216,8 @@ class SAELensBaseline(Baseline):
         for start in range(0, flat.shape[0], chunk_size):
             rows = flat[start : start + chunk_size].to(self.device, torch.float32)
             z = self.normalizer.normalize(rows) if normalized else rows
-            z_hat = sae.decode(sae.encode(z.to(sae.dtype))).float()
+            # W_dec, not sae.dtype: a parent .to() moves the weights but not that attribute.
+            z_hat = sae.decode(sae.encode(z.to(sae.W_dec.dtype))).float()
             out[start : start + chunk_size] = (
                 self.normalizer.denormalize(z_hat) if normalized else z_hat
             )
