@@ -22,6 +22,8 @@ def test_corpus_token_source_reads_the_packaged_corpus(tokenizer):
     assert source.state_dict()["num_texts"] > 40
     austen = corpus_token_source(tokenizer, "heldout", 2, 32, sources=["austen"])
     assert tokenizer.decode(next(iter(austen))[0, 1:]).startswith("Chapter ")
+    man = corpus_token_source(tokenizer, "heldout", 2, 32, sources=["man_pages"])
+    assert tokenizer.decode(next(iter(man))[0, 1:]).startswith("NAME\n")
 
 
 def test_text_file_token_source_matches_the_texts(tokenizer, tmp_path):
