@@ -23,6 +23,8 @@ DEGENERATE = [
     "## 🌱 ### 🎽 ### ### ### ###",
     'A moment in no."\n\n****\n\n**@**\n\n****\n\n@**',
     "I'm here to help you with your business, and I'm here to help you with your business.",
+    "\n\nA (...)\n\n!\n\n!\n\n\n\n\n",
+    "\n\nA,\ns\n\nA is\n\n\n\n\n\n",
     "",
 ]
 
@@ -55,6 +57,8 @@ def test_repetition_measures():
     assert clean.distinct[1] == 1.0 and clean.loop_fraction == 0.0 and clean.junk_fraction == 0.0
     assert clean.longest_repeat == 1  # "the" twice
     assert repetition_stats("##!##!").junk_fraction == pytest.approx(4 / 6)
+    assert repetition_stats("a (.)").alnum_fraction == pytest.approx(1 / 4)
+    assert repetition_stats("ab\n\n\n").blank_fraction == pytest.approx(3 / 5)
 
 
 ON_CONCEPT = {

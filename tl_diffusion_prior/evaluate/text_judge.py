@@ -10,7 +10,7 @@ text itself:
   characters repeated 3+ times in a row, which catches loops inside one "word" such as
   ``"iteritemsiteritemsiteritems"`` or ``"##!##!##!"``) and the fraction of junk characters
   (neither letters, digits, spaces nor common punctuation; markdown's ``*`` and ``@`` count as
-  junk: strongly steered text dissolves into them).
+  junk: strongly steered text dissolves into them), of letters and digits, and of blank space.
 * :func:`judge_fluency`: a text is fluent when it is not empty, none of those measures crosses its
   threshold, and (if given) its NLL is at most :data:`MAX_FLUENT_NLL`.
 * :func:`lexicon_hits`: how many words of a held-out concept lexicon occur in the text, a concept
@@ -19,7 +19,7 @@ text itself:
   the vectors).
 
 Thresholds were set on hand-written texts (``tests/evaluate/test_text_judge.py``) and on the
-default model's greedy steered generations (``/work/notes/steering_units.md``).
+default model's greedy steered generations (``benchmarks/results/steer_scales.md``).
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ MIN_DISTINCT_2 = 0.6
 MAX_REPEAT_WORDS = 5
 #: ...or when loops cover more than this fraction of its characters...
 MAX_LOOP_FRACTION = 0.3
-#: ...or junk characters more than this fraction of its non-space characters.
+#: ...or junk characters more than this fraction of its non-space characters...
 MAX_JUNK_FRACTION = 0.2
+#: ...or letters and digits less than this fraction of its non-space characters ("A (...) ! !")...
+MIN_ALNUM_FRACTION = 0.5
+#: ...or blank space (newlines, spaces) more than this fraction of all its characters.
+MAX_BLANK_FRACTION = 0.4
 #: Mean nats per token under the unsteered default model above which text counts as not fluent.
 #: Greedy unsteered continuations score about 0.5-1.5, hand-written English 3-4, word salad 7+.
 MAX_FLUENT_NLL = 5.0
@@ -58,6 +62,8 @@ class RepetitionStats:
         longest_repeat: Words in the longest n-gram that occurs at two different places.
         loop_fraction: Fraction of the characters inside a loop.
         junk_fraction: Fraction of the non-space characters that are junk.
+        alnum_fraction: Fraction of the non-space characters that are letters or digits.
+        blank_fraction: Fraction of all characters that are blank space.
     """
 
     n_words: int
@@ -65,6 +71,8 @@ class RepetitionStats:
     longest_repeat: int
     loop_fraction: float
     junk_fraction: float
+    alnum_fraction: float = 1.0
+    blank_fraction: float = 0.0
 
 
 def _distinct(words: list[str], n: int) -> float:
@@ -104,6 +112,11 @@ def _junk_fraction(text: str) -> float:
     return junk / len(chars)
 
 
+def _alnum_fraction(text: str) -> float:
+    chars = [c for c in text if not c.isspace()]
+    return sum(c.isalnum() for c in chars) / len(chars) if chars else 1.0
+
+
 def repetition_stats(text: str) -> RepetitionStats:
     """Distinct-n, the longest repeated n-gram, loops and junk of ``text`` (case-insensitive)."""
     words = WORD.findall(text.lower())
@@ -114,6 +127,8 @@ def repetition_stats(text: str) -> RepetitionStats:
         longest_repeat=_longest_repeat(words),
         loop_fraction=_loop_fraction(text),
         junk_fraction=_junk_fraction(text),
+        alnum_fraction=_alnum_fraction(text),
+        blank_fraction=sum(c.isspace() for c in text) / len(text) if text else 0.0,
     )
 
 
@@ -150,6 +165,10 @@ def judge_fluency(
         reasons.append(f"loops over {stats.loop_fraction:.0%} of the text")
     if stats.junk_fraction > MAX_JUNK_FRACTION:
         reasons.append(f"{stats.junk_fraction:.0%} junk characters")
+    if stats.alnum_fraction < MIN_ALNUM_FRACTION:
+        reasons.append(f"only {stats.alnum_fraction:.0%} letters and digits")
+    if stats.blank_fraction > MAX_BLANK_FRACTION:
+        reasons.append(f"{stats.blank_fraction:.0%} blank space")
     if nll is not None and not (math.isfinite(nll) and nll <= max_nll):
         reasons.append(f"NLL {nll:.2f} > {max_nll:g}")
     return FluencyJudgement(not reasons, tuple(reasons), stats, nll)
