@@ -21,6 +21,7 @@ from tl_diffusion_prior.data import (
     load_corpus,
     load_default_model,
     load_model,
+    out_of_domain_sets,
     out_of_domain_texts,
     text_file_token_source,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "load_model",
     "load_prior",
     "mean_activation_norm",
+    "out_of_domain_sets",
     "out_of_domain_texts",
     "steer",
     "steering_vector",

@@ -1,6 +1,11 @@
 """Stage 0: text (the packaged corpus, token sources) and the source model."""
 
-from tl_diffusion_prior.data.corpus import Document, load_corpus, out_of_domain_texts
+from tl_diffusion_prior.data.corpus import (
+    Document,
+    load_corpus,
+    out_of_domain_sets,
+    out_of_domain_texts,
+)
 from tl_diffusion_prior.data.models import load_default_model, load_model
 from tl_diffusion_prior.data.sources import (
     corpus_token_source,
@@ -18,6 +23,7 @@ __all__ = [
     "load_corpus",
     "load_default_model",
     "load_model",
+    "out_of_domain_sets",
     "out_of_domain_texts",
     "text_file_token_source",
 ]
