@@ -38,6 +38,7 @@ from tl_diffusion_prior.steering import (
     SteeringConfig,
     attach_steering,
     mean_activation_norm,
+    reference_norm_from_prior,
     steer,
     steering_vector,
 )
@@ -71,6 +72,7 @@ __all__ = [
     "load_model",
     "load_prior",
     "mean_activation_norm",
+    "reference_norm_from_prior",
     "out_of_domain_sets",
     "out_of_domain_texts",
     "steer",
