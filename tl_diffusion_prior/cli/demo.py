@@ -64,6 +64,7 @@ def steer_example(model, prior_dir: Path, scale: DemoScale, r: float) -> None:
         max_new_tokens=scale.max_new_tokens,
         concept_words=STEER_EXAMPLE["concept"].split(","),
         norm_prompts=positive + negative,
+        concept_lexicon=STEER_EXAMPLE["lexicon"],
     )
     print_comparison(comparison, STEER_EXAMPLE["prompt"], width=None)
 
