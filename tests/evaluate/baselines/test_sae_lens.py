@@ -1,5 +1,6 @@
 """SAELens SAEs as baselines: trained with SAELens's own trainer, saved, loaded, checked."""
 
+import json
 import pickle
 
 import pytest
@@ -177,3 +178,16 @@ def test_fit_baselines_trains_the_settings_sae_lens_saes_and_the_plan_uses_them(
     plan = build_plan(settings, baselines, [], [], None, 1.0)
     reconstruct = next(methods for condition, methods in plan if condition.kind == "reconstruct")
     assert "SAELens SAE (arch=topk, d_sae=16, k=2)" in {label(m) for m in reconstruct}
+
+
+def test_a_save_without_k_in_its_config_reads_k_from_the_sae_lens_cfg(trained, tmp_path):
+    # Saves made before config.json recorded k: the report label must still tell SAEs apart.
+    baseline, _ = trained
+    baseline.save_pretrained(tmp_path / "sae")
+    config_path = tmp_path / "sae" / "config.json"
+    config = json.loads(config_path.read_text())
+    config.pop("k")
+    config_path.write_text(json.dumps(config))
+    loaded = load_baseline(tmp_path / "sae", verify=False)
+    assert loaded.config.k == 4
+    assert SAEReconstructor(loaded).setting["k"] == 4

@@ -181,6 +181,8 @@ class SAELensBaseline(Baseline):
                 f"d_model={self.config.d_model}, d_sae={self.config.d_sae}. The files come from "
                 "different saves."
             )
+        if self.config.k is None:  # saves made before k was recorded: SAELens's cfg knows it
+            self.config.k = getattr(cfg, "k", None)
         sae.eval()
         for parameter in sae.parameters():
             parameter.requires_grad_(False)
