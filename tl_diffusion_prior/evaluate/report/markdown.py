@@ -43,6 +43,10 @@ def _fmt(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _share(fraction) -> str:
+    return "n/a" if fraction is None else f"{fraction:.0%}"
+
+
 def _target_lines(targets: dict) -> list[str]:
     lines = []
 
@@ -89,7 +93,7 @@ def _target_lines(targets: dict) -> list[str]:
             at = comp.get("at_prior_t") or {}
             lines.append(
                 f"- **(b) equal distortion, {prior} vs {ref}**: below on "
-                f"{_fmt(comp['fraction_below'], 3)} of {comp['n_compared']} grid points of the "
+                f"{_share(comp['fraction_below'])} of {comp['n_compared']} grid points of the "
                 f"overlap {comp['range'] and [round(v, 3) for v in comp['range']]}; at the "
                 f"prior's headline-t distortion {_fmt(at.get('distortion'), 3)}: prior "
                 f"{_fmt(at.get('prior'))} vs {ref} {_fmt(at.get('reference'))}."
