@@ -308,9 +308,7 @@ class _ConceptRun:
 
     def texts(self, continuation: Tensor) -> list[str]:
         """The decoded continuations (special tokens, such as the EOS padding, dropped)."""
-        return [
-            self.model.tokenizer.decode(row, skip_special_tokens=True) for row in continuation
-        ]
+        return [self.model.tokenizer.decode(row, skip_special_tokens=True) for row in continuation]
 
     def items_at(
         self, scale: float, prior: DiffusionPrior | None, steer_options: dict[str, Any]
