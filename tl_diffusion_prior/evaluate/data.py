@@ -50,11 +50,6 @@ def heldout_documents() -> list[Any]:
     return list(corpus.load_corpus("heldout"))
 
 
-def heldout_texts() -> list[str]:
-    """The packaged corpus's held-out documents' texts."""
-    return texts_of(heldout_documents())
-
-
 def out_of_domain_sets() -> dict[str, list[Any]]:
     """Every out-of-domain set of the corpus module, by name (pydoc first)."""
     return {name: list(docs) for name, docs in corpus.out_of_domain_sets().items()}
