@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from tl_diffusion_prior.evaluate.report.sections import (
+    ci_text,
     per_source_lines,
     resolution_lines,
     sae_convergence_lines,
@@ -27,10 +28,6 @@ CAVEATS = [
     "Positions 0 and rows whose norm exceeds the outlier multiple of the median are never patched "
     "(the capture filter keeps them out of training too).",
 ]
-
-
-def _ci(interval) -> str:
-    return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
 
 
 def _fmt(value, digits: int = 4) -> str:
@@ -265,6 +262,7 @@ def _steering_lines(report: EvalReport) -> list[str]:
     for i, p in sorted(enumerate(curves.points), key=lambda ip: (ip[1].method, ip[1].scale)):
         star = " *" if i in curves.front else ""
         out.append(
-            f"| {p.method}{star} | {p.scale:g} | {_ci(p.concept)} | {_ci(p.fluency)} | {p.n} |"
+            f"| {p.method}{star} | {p.scale:g} | {ci_text(p.concept)} | "
+            f"{ci_text(p.fluency)} | {p.n} |"
         )
     return out

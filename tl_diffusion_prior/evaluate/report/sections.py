@@ -10,7 +10,7 @@ from __future__ import annotations
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult
 from tl_diffusion_prior.evaluate.report.types import EvalReport
 
-__all__ = ["per_source_lines", "resolution_lines", "sae_convergence_lines"]
+__all__ = ["ci_text", "per_source_lines", "resolution_lines", "sae_convergence_lines"]
 
 
 def resolution_lines(report: EvalReport) -> list[str]:
@@ -83,13 +83,14 @@ def per_source_lines(report: EvalReport) -> list[str]:
             out.append("| method | setting | " + " | ".join(sources) + " |")
             out.append("|---|---|" + "---|" * len(sources))
             for r in rows:
-                cells = [_ci(r.per_group[s]) if s in r.per_group else "n/a" for s in sources]
+                cells = [ci_text(r.per_group[s]) if s in r.per_group else "n/a" for s in sources]
                 setting = ", ".join(f"{k}={v}" for k, v in r.setting.items()) or "-"
                 out.append(f"| {r.method} | {setting} | " + " | ".join(cells) + " |")
     return out
 
 
-def _ci(interval) -> str:
+def ci_text(interval) -> str:
+    """``mean [low, high]`` of a confidence interval, three decimals."""
     return f"{interval.mean:.3f} [{interval.low:.3f}, {interval.high:.3f}]"
 
 
