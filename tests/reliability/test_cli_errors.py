@@ -309,13 +309,19 @@ def test_cli_n_activations_too_large(tmp_path, capsys, cli_model):
     assert exit_info.value.code == USER_ERROR_EXIT
 
 
+def _full_disk_and_forward_counter(model, monkeypatch) -> list[int]:
+    """Report 1000 free bytes on every disk; returns a list that grows with each forward pass."""
+    real = resources.shutil.disk_usage
+    monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    forwards: list[int] = []
+    model.embed.register_forward_pre_hook(lambda *args: forwards.append(1))
+    return forwards
+
+
 def test_cli_refuses_a_buffer_the_disk_cannot_hold_before_capturing(
     tmp_path, capsys, cli_model, monkeypatch
 ):
-    real = resources.shutil.disk_usage
-    monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
-    forwards = []
-    cli_model.embed.register_forward_pre_hook(lambda *args: forwards.append(1))
+    forwards = _full_disk_and_forward_counter(cli_model, monkeypatch)
     assert _capture(tmp_path, "--n-activations", "100") == USER_ERROR_EXIT
     line = _one_error_line(capsys)
     assert "buffer.safetensors needs about 25.0 KiB of disk" in line and "1000 B" in line
@@ -325,10 +331,7 @@ def test_cli_refuses_a_buffer_the_disk_cannot_hold_before_capturing(
 def test_train_refuses_a_disk_too_small_for_its_checkpoints_before_capturing(
     tmp_path, capsys, cli_model, monkeypatch
 ):
-    real = resources.shutil.disk_usage
-    monkeypatch.setattr(resources.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
-    forwards = []
-    cli_model.embed.register_forward_pre_hook(lambda *args: forwards.append(1))
+    forwards = _full_disk_and_forward_counter(cli_model, monkeypatch)
     argv = ["train", "--out", str(tmp_path / "prior"), "--hook", HOOK, "--n-activations", "100"]
     assert main([*argv, "--no-progress"]) == USER_ERROR_EXIT
     err = capsys.readouterr().err
