@@ -43,7 +43,7 @@ from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering import mean_activation_norm, reference_norm_from_prior, steer
-from tl_diffusion_prior.training import TrainConfig, TrainResult, train_prior
+from tl_diffusion_prior.training import TrainConfig, TrainResult, runtime, train_prior
 
 # Each preset fills in the options the command line leaves unset.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -217,8 +217,11 @@ def build_priors(model, hook: str = DEFAULT_HOOK) -> dict[str, DiffusionPrior]:
     }
 
 
-def calibrate_steps(prior: DiffusionPrior, buffer, batch_size: int, seconds: float) -> int:
-    """Training steps that fit in ``seconds``, from timing a few steps on a throwaway copy.
+def calibrate_steps(
+    prior: DiffusionPrior, buffer, batch_size: int, seconds: float, autocast: str = "auto"
+) -> int:
+    """Training steps that fit in ``seconds``, from timing a few steps on a throwaway copy
+    (under the trainer's precision for ``autocast``).
 
     For time-budget benchmarks and tutorials: the result depends on the machine's load, so the
     demo sizes its training in samples instead (``DemoScale.train_samples``).
@@ -227,10 +230,12 @@ def calibrate_steps(prior: DiffusionPrior, buffer, batch_size: int, seconds: flo
     probe.set_normalization(buffer.mean(0), buffer.var(0))
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     generator = torch.Generator(device=buffer.device).manual_seed(0)
+    precision = runtime.autocast(TrainConfig(autocast=autocast), buffer.device)
     timings = []
     for _ in range(4):
         start = time.perf_counter()
-        loss = probe.loss(buffer.sample(batch_size, generator=generator, hook=0))
+        with precision:
+            loss = probe.loss(buffer.sample(batch_size, generator=generator, hook=0))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

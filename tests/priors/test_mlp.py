@@ -18,7 +18,9 @@ def test_config_defaults_resolve_from_d_model():
     assert cfg.architecture == "mlp"
     # The measured CPU-scale configuration: 14.3M parameters at d_model 576.
     assert MLPPrior(cfg).num_parameters == pytest.approx(14.3e6, rel=0.01)
-    paper = MLPPriorConfig(d_model=64, d_mlp=4 * 64, depth=6, **HOOK)
+    assert cfg.gaussian_skip
+    paper = MLPPriorConfig.paper(64, depth=6, **HOOK)
+    assert (paper.d_hidden, paper.d_mlp, paper.depth) == (128, 256, 6)
     assert len(MLPPrior(paper).network.blocks) == 6
     assert MLPPriorConfig.from_dict(paper.to_dict()) == paper
 
@@ -38,8 +40,8 @@ def test_config_validation(overrides, match):
         MLPPriorConfig(d_model=8, **HOOK, **overrides)
 
 
-def test_fresh_prior_predicts_zero_velocity():
-    prior = build_tiny_prior("mlp")
+def test_fresh_prior_without_skip_predicts_zero_velocity():
+    prior = build_tiny_prior("mlp", gaussian_skip=False)
     z = torch.randn(5, prior.config.d_model)
     v = prior.network.velocity(z, torch.rand(5))
     torch.testing.assert_close(v, torch.zeros_like(v), rtol=0, atol=0)

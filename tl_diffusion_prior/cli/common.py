@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
 from pathlib import Path
 
 from tl_diffusion_prior.capture import ActivationCapture
@@ -32,6 +33,27 @@ from tl_diffusion_prior.priors import PRIOR_REGISTRY
 REPORT_NAMES = frozenset(
     {REPORT_JSON_NAME, REPORT_MD_NAME, STEER_VECTORS_NAME, PLOTS_DIRNAME, BASELINES_DIRNAME}
 )
+
+
+def code_version() -> dict[str, str | bool | None]:
+    """The package version and, in a git checkout, its commit and whether the tree was dirty."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("tl-diffusion-prior")
+    except PackageNotFoundError:
+        package = None
+    root = str(Path(__file__).resolve().parents[2])
+    commit, dirty = None, None
+    try:
+        git = ["git", "-C", root]
+        run = dict(capture_output=True, text=True, check=True)
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], **run).stdout.strip()
+        status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=no"], **run)
+        dirty = bool(status.stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass  # an installed wheel, or no git: the package version is what there is
+    return {"package": package, "commit": commit, "dirty": dirty}
 
 
 def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:

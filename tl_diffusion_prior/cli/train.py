@@ -25,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,7 @@ from tl_diffusion_prior.capture import (
     fill_buffer,
     make_refill,
 )
-from tl_diffusion_prior.cli.common import add_overwrite_argument, is_prior_dir
+from tl_diffusion_prior.cli.common import add_overwrite_argument, code_version, is_prior_dir
 from tl_diffusion_prior.constants import (
     CHECKPOINT_META_NAME,
     DEFAULT_HOOK,
@@ -234,8 +236,11 @@ def _capture(args: argparse.Namespace, model, env, resuming: bool, n_val: int) -
 
 
 def _provenance(args: argparse.Namespace, captured: _Captured) -> dict[str, Any]:
-    """What the trained prior records about its data."""
+    """What the trained prior records about its data, and the command and code that made it
+    (so a shipped prior can be reproduced)."""
     return {
+        "command": shlex.join(["tl-diffusion-prior", *sys.argv[1:]]),
+        "code_version": code_version(),
         "model_name": args.model,
         "corpus": "tl_diffusion_prior packaged corpus",
         "corpus_sources": corpus_sources(),

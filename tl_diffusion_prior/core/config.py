@@ -38,10 +38,14 @@ class ConfigBase:
             (``"Unknown <label> [...]"``), e.g. ``"evaluation settings"``.
         saved_object: What a too-new ``format_version`` error says cannot be loaded
             (``"upgrade tl_diffusion_prior to load this <saved_object>"``).
+        absent_key_defaults: Values :meth:`from_dict` uses for fields the data lacks, where they
+            differ from the dataclass default: a field added later whose new default would
+            change what a file written before it means (and make its weights fail to load).
     """
 
     unknown_keys_label: ClassVar[str] = "keys"
     saved_object: ClassVar[str] = "config"
+    absent_key_defaults: ClassVar[dict[str, Any]] = {}
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field: a deep copy with tuples as lists.
@@ -79,7 +83,9 @@ class ConfigBase:
                 f"{sorted(types_by_field)}. Remove them, or use the library version that wrote "
                 "the data."
             )
-        return cls(**{k: coerce_to_type(v, types_by_field[k]) for k, v in data.items()})
+        fields = {k: v for k, v in cls.absent_key_defaults.items() if k not in data}
+        fields.update({k: coerce_to_type(v, types_by_field[k]) for k, v in data.items()})
+        return cls(**fields)
 
 
 def check_format_version(version: Any, saved_object: str = "config") -> None:

@@ -330,6 +330,18 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
                 f"{self.config.model_name!r}."
             )
 
+    def _normalized_rows(self, x: Tensor) -> Tensor:
+        """RAW rows ``x`` [n >= 2, d_model], normalised in float32, for ``fit_data``."""
+        self._check_activations(x, "x")
+        if x.ndim != 2 or x.shape[0] < 2:
+            raise ValueError(f"x must have shape [n >= 2, d_model], got {tuple(x.shape)}.")
+        if not self.normalizer.is_fitted:
+            raise ValueError(
+                "The normaliser has no statistics yet; call set_normalization(mean, var) before "
+                "fit_data/fit_layout (they work on normalised activations)."
+            )
+        return self.normalizer.normalize(x.to(self.normalizer.mean.device, torch.float32))
+
     def _to_normalized(self, x: Tensor) -> Tensor:
         # Normalise in float32 before casting to a low-precision prior dtype, so bf16 priors
         # lose no more than the final rounding.

@@ -7,6 +7,12 @@ by Linear-SiLU-Linear; each block has its own projection of it, which scales the
 pre-activation. ``gate`` and ``up`` are stored as one fused Linear (``gate_up``): the same maths as
 two layers, one matmul instead of two.
 
+With ``gaussian_skip`` (the default) the velocity is ``v_lin(z_t, t) + network(z_t, t)``, where
+``v_lin`` is the Gaussian-optimal velocity for the mean and covariance fitted by
+:meth:`MLPPrior.fit_data` (:mod:`tl_diffusion_prior.priors.gaussian_skip`). The output layer starts
+at zero, so a fresh prior already sits at its Gaussian reference loss and training spends its
+budget on the non-Gaussian part.
+
 Objective: rectified flow. ``z_t = (1 - t) x + t eps`` with ``t ~ U(0, 1)``; the network predicts
 the velocity ``eps - x`` under plain MSE. Sampling and denoising integrate ``dz/dt = v`` with Euler
 steps towards ``t = 0``; one step from ``t`` gives ``z_t - t v = E[x | z_t]`` for the optimal ``v``.
@@ -16,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -31,6 +37,7 @@ from tl_diffusion_prior.priors.base import (
     check_cov_eigenvalues,
     register_prior,
 )
+from tl_diffusion_prior.priors.gaussian_skip import GaussianVelocityPredictor
 
 # Sinusoidal embeddings are tuned for integer-like timesteps; scaling t in [0, 1] by 1000 spreads
 # its frequencies the way diffusers' flow-matching scheduler does.
@@ -54,9 +61,13 @@ class MLPPriorConfig(PriorConfig):
         d_time: Width of the Linear-SiLU-Linear timestep MLP; default ``time_embed_dim``.
         sample_steps: Euler steps :meth:`MLPPrior.sample` takes by default (paper: 20 moderate,
             100 good, 1000 best).
+        gaussian_skip: add the Gaussian-optimal velocity (fitted by :meth:`MLPPrior.fit_data`)
+            to the network's output, so training starts at the Gaussian reference. Priors saved
+            before this field existed load with it off.
     """
 
     expected_architecture: ClassVar[str | None] = "mlp"
+    absent_key_defaults: ClassVar[dict[str, Any]] = {"gaussian_skip": False}
 
     architecture: str = "mlp"
     depth: int = 3
@@ -65,6 +76,12 @@ class MLPPriorConfig(PriorConfig):
     time_embed_dim: int = 256
     d_time: int | None = None
     sample_steps: int = 100
+    gaussian_skip: bool = True
+
+    @classmethod
+    def paper(cls, d_model: int, depth: int = 3, **fields: Any) -> MLPPriorConfig:
+        """The paper's GLP sizes: ``d_hidden = 2 d_model``, ``d_mlp = 4 d_model``, ``depth``."""
+        return cls(d_model=d_model, depth=depth, d_mlp=4 * d_model, **fields)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,6 +150,7 @@ class FlowMLP(nn.Module):
         for layer in [*(b.down for b in self.blocks), self.out_proj]:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
+        self.gaussian = GaussianVelocityPredictor(d) if config.gaussian_skip else None
 
     def time_modulation(self, t: Float[Tensor, " m"]) -> Float[Tensor, "depth m d_mlp"]:
         """Every block's gate scale for the noise levels ``t``, stacked over blocks."""
@@ -141,18 +159,25 @@ class FlowMLP(nn.Module):
         return torch.stack([block.time_proj(temb) for block in self.blocks])
 
     def forward(
-        self, z: Float[Tensor, "n d_model"], time_mod: Float[Tensor, "depth m d_mlp"]
+        self,
+        z: Float[Tensor, "n d_model"],
+        time_mod: Float[Tensor, "depth m d_mlp"],
+        t: Float[Tensor, " m"],
     ) -> Float[Tensor, "n d_model"]:
-        """Velocity at ``z``; ``time_mod`` from :meth:`time_modulation` (``m`` is 1 or ``n``)."""
+        """Velocity at ``z``; ``time_mod`` from :meth:`time_modulation` of the same ``t``
+        (``m`` is 1 or ``n``)."""
         h = self.in_proj(z)
         for block, mod in zip(self.blocks, time_mod, strict=True):
             h = block(h, mod)
-        return self.out_proj(self.final_norm(h))
+        v = self.out_proj(self.final_norm(h))
+        if self.gaussian is not None:
+            v = v + self.gaussian(z, t)
+        return v
 
     def velocity(
         self, z: Float[Tensor, "n d_model"], t: Float[Tensor, " m"]
     ) -> Float[Tensor, "n d_model"]:
-        return self(z, self.time_modulation(t))
+        return self(z, self.time_modulation(t), t)
 
 
 @register_prior("mlp")
@@ -190,6 +215,13 @@ class MLPPrior(DiffusionPrior):
         z_t = ((1.0 - t) * x + t * eps).to(z.dtype)
         v = self.network.velocity(z_t, t.squeeze(1))
         return (v.float() - (eps - x)).square().mean()
+
+    @torch.no_grad()
+    def fit_data(self, x: Float[Tensor, "n d_model"]) -> None:
+        """Fit the Gaussian skip's mean and covariance from RAW activations ``x`` (when
+        ``gaussian_skip``); call after :meth:`set_normalization` and before training."""
+        if self.network.gaussian is not None:
+            self.network.gaussian.fit(self._normalized_rows(x))
 
     def add_noise(
         self, z: Float[Tensor, "n d_model"], noise: Float[Tensor, "n d_model"], t: float
@@ -231,7 +263,7 @@ class MLPPrior(DiffusionPrior):
         # [steps, depth, 1, d_mlp]: one contiguous modulation per step, broadcast over tokens.
         mods = self.network.time_modulation(t_now).transpose(0, 1).unsqueeze(2).contiguous()
         for k in range(num_steps):
-            state.add_(self.network(state.to(dtype), mods[k]), alpha=dt)
+            state.add_(self.network(state.to(dtype), mods[k], t_now[k : k + 1]), alpha=dt)
         return state.to(dtype)
 
     def gaussian_reference_loss(

@@ -38,57 +38,17 @@ from diffusers import DDPMScheduler, UNet2DModel
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from tl_diffusion_prior.core.moments import covariance
-from tl_diffusion_prior.core.normalizer import Float32BuffersMixin
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
     check_cov_eigenvalues,
     register_prior,
 )
+from tl_diffusion_prior.priors.gaussian_skip import GaussianNoisePredictor
 from tl_diffusion_prior.priors.grid import (
     GridLayout,
     layout_from_samples,
 )
 from tl_diffusion_prior.priors.unet_config import UNetPriorConfig
-
-
-class GaussianNoisePredictor(Float32BuffersMixin):
-    """``E[eps | x_t]`` for Gaussian data ``N(mean, U diag(lam) U^T)``, which is linear in ``x_t``.
-
-    With ``x_t = a x + s eps`` (``a = sqrt(ab)``, ``s = sqrt(1 - ab)``):
-    ``E[eps | x_t] = s U diag(1 / (a^2 lam + s^2)) U^T (x_t - a mean)``. Starts as N(0, I), for
-    which it is ``s x_t``.
-    """
-
-    mean: Tensor
-    eigvecs: Tensor
-    eigvals: Tensor
-    alphas_cumprod: Tensor
-
-    def __init__(self, d_model: int, alphas_cumprod: Tensor) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(d_model))
-        self.register_buffer("eigvecs", torch.eye(d_model))
-        self.register_buffer("eigvals", torch.ones(d_model))
-        self.register_buffer("alphas_cumprod", alphas_cumprod.float().clone(), persistent=False)
-
-    @torch.no_grad()
-    def fit(self, z: Float[Tensor, "n d_model"]) -> None:
-        """Fit the mean and covariance of normalised samples ``z``."""
-        mean, cov = covariance(z.detach(), correction=1)
-        eigvals, eigvecs = torch.linalg.eigh(cov)
-        self.mean.copy_(mean)
-        self.eigvecs.copy_(eigvecs)
-        self.eigvals.copy_(eigvals.clamp_min(0.0))
-
-    def forward(
-        self, z_t: Float[Tensor, "n d_model"], timesteps: Int[Tensor, "*n"]
-    ) -> Float[Tensor, "n d_model"]:
-        ab = self.alphas_cumprod[timesteps].reshape(-1, 1)
-        a, s = ab.sqrt(), (1.0 - ab).sqrt()
-        proj = (z_t.float() - a * self.mean) @ self.eigvecs
-        gain = s / (ab * self.eigvals + (1.0 - ab))
-        return ((proj * gain) @ self.eigvecs.T).to(z_t.dtype)
 
 
 class UNetDenoiser(nn.Module):
@@ -181,7 +141,7 @@ class UNetPrior(DiffusionPrior):
         ``gaussian_skip``). Changing either after training invalidates what the UNet learned.
         A few thousand rows are plenty for d_model 576.
         """
-        z = self._normalized_sample(x)
+        z = self._normalized_rows(x)
         if self.config.layout == "spectral":
             self._set_spectral_layout(z)
         if self.network.gaussian is not None:
@@ -201,23 +161,12 @@ class UNetPrior(DiffusionPrior):
                 f"layout={self.config.layout!r}; build the prior with "
                 "UNetPriorConfig(layout='spectral', layout_path=...) and call fit_data."
             )
-        self._set_spectral_layout(self._normalized_sample(x))
+        self._set_spectral_layout(self._normalized_rows(x))
 
     def _set_spectral_layout(self, z: Tensor) -> None:
         height, width = self.config.grid_shape
         layout = layout_from_samples(z, height, width, self.config.layout_path)
         self.network.layout.set_layout(layout)
-
-    def _normalized_sample(self, x: Tensor) -> Tensor:
-        self._check_activations(x, "x")
-        if x.ndim != 2 or x.shape[0] < 2:
-            raise ValueError(f"x must have shape [n >= 2, d_model], got {tuple(x.shape)}.")
-        if not self.normalizer.is_fitted:
-            raise ValueError(
-                "The normaliser has no statistics yet; call set_normalization(mean, var) before "
-                "fit_data/fit_layout (they work on normalised activations)."
-            )
-        return self.normalizer.normalize(x.to(self.normalizer.mean.device, torch.float32))
 
     # --------------------------------------------------------------------------- noise levels
     def timestep_for_t(self, t: float) -> int:

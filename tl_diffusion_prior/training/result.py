@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import platform
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.core import distributed
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.training.config import TrainConfig
+from tl_diffusion_prior.training.runtime import cpu_has_fast_bf16
 
 
 @dataclass
@@ -96,4 +98,8 @@ def record_provenance(
 def _describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
-    return str(device)
+    bf16 = "hardware bf16" if cpu_has_fast_bf16() else "no hardware bf16"
+    return (
+        f"{device} ({platform.machine()}, {torch.get_num_threads()} threads, {bf16}, "
+        f"torch {torch.__version__})"
+    )

@@ -21,9 +21,31 @@ def derive_seed(*parts: int) -> int:
     return int(value) >> 1
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX).
+
+    Where it does, a large bf16 matmul runs ~3x faster than float32 (830 against 225-285 GFLOP/s
+    for 2048 x 2048 on the 2-core development machine), and bf16 training of the MLP prior doubles
+    its samples/s with the same loss curve (``benchmarks/recipes.py``). Elsewhere bf16 is emulated
+    and slower than float32.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    # torch.cpu exposes these probes with a leading underscore; a torch without them gets fp32.
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def uses_bf16(mode: str, device: torch.device) -> bool:
+    """Whether autocast ``mode`` ("auto", "bf16", "off") runs bf16 on ``device``.
+
+    "auto" is bf16 on CUDA and on CPUs with hardware bf16 (:func:`cpu_has_fast_bf16`).
+    """
+    if mode == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    return mode == "bf16"
+
+
 def autocast(config: TrainConfig, device: torch.device):
-    """bf16 autocast when ``config.autocast`` asks for it ("auto": on GPU only), else a no-op."""
-    enabled = config.autocast == "bf16" or (config.autocast == "auto" and device.type == "cuda")
-    if not enabled:
+    """bf16 autocast when ``config.autocast`` asks for it (see :func:`uses_bf16`), else a no-op."""
+    if not uses_bf16(config.autocast, device):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
