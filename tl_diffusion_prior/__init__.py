@@ -32,6 +32,7 @@ from tl_diffusion_prior.priors import (
     MLPPriorConfig,
     UNetPrior,
     UNetPriorConfig,
+    load_default_prior,
     load_prior,
 )
 from tl_diffusion_prior.steering import (
@@ -69,6 +70,7 @@ __all__ = [
     "hf_dataset_token_source",
     "load_corpus",
     "load_default_model",
+    "load_default_prior",
     "load_model",
     "load_prior",
     "mean_activation_norm",

@@ -26,6 +26,8 @@ CHECKPOINT_META_NAME = "trainer_state.json"
 LOSS_CSV_NAME = "loss.csv"
 LOSS_PNG_NAME = "loss.png"
 
+# The shipped trained prior (inside tl_diffusion_prior/priors/).
+DEFAULT_PRIOR_DIRNAME = "default_prior"
 # The packaged corpus (inside tl_diffusion_prior/data/).
 CORPUS_DIRNAME = "corpus_data"
 CORPUS_MANIFEST_NAME = "manifest.json"

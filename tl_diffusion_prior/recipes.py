@@ -43,7 +43,9 @@ from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering import mean_activation_norm, reference_norm_from_prior, steer
-from tl_diffusion_prior.training import TrainConfig, TrainResult, runtime, train_prior
+from tl_diffusion_prior.training import FIT_ROWS, TrainConfig, TrainResult, runtime, train_prior
+from tl_diffusion_prior.training.gaussian_reference import gaussian_reference
+from tl_diffusion_prior.training.validation import validation_loss
 
 # Each preset fills in the options the command line leaves unset.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
@@ -279,6 +281,18 @@ def train_demo_prior(
     return result
 
 
+def score_prior(prior: DiffusionPrior, val_acts: torch.Tensor, buffer) -> dict[str, float]:
+    """``prior``'s loss on held-out rows ``val_acts`` against the Gaussian fitted on ``buffer``'s
+    rows (the trainer's reference), for a prior trained elsewhere (the shipped one)."""
+    generator = torch.Generator(device=buffer.device).manual_seed(0)
+    fit_rows = buffer.sample(min(buffer.num_filled, FIT_ROWS), generator=generator, hook=0)
+    scoring = TrainConfig(batch_size=1024, seed=0, progress=False)
+    loss = validation_loss(prior, val_acts, scoring, prior.device)
+    reference = gaussian_reference(prior, val_acts, fit_activations=fit_rows).loss
+    ratio = loss / reference
+    return {"val_loss": loss, "gaussian_reference": reference, "val_over_reference": ratio}
+
+
 def demo_eval_settings(scale: DemoScale):
     """Evaluation settings sized to the demo's time budget (see ``EvalSettings`` for each knob)."""
     values = dict(
@@ -296,8 +310,13 @@ def demo_eval_settings(scale: DemoScale):
     return EvalSettings.quick(**values)
 
 
-def evaluate_demo(model, priors: dict, buffer, scale: DemoScale, out: Path) -> dict:
-    """Fit the baselines on the training buffer, measure everything, write the report folder."""
+def evaluate_demo(
+    model, priors: dict, buffer, scale: DemoScale, out: Path, prior_dirs: list | None = None
+) -> dict:
+    """Fit the baselines on the training buffer, measure everything, write the report folder.
+
+    ``prior_dirs`` (for the loss curves) defaults to ``out/priors/<name>`` for each prior.
+    """
     settings = demo_eval_settings(scale)
     report = run_evaluation(
         model,
@@ -305,7 +324,7 @@ def evaluate_demo(model, priors: dict, buffer, scale: DemoScale, out: Path) -> d
         buffer,
         settings,
         prior_names=list(priors),
-        prior_dirs=[out / PRIORS_DIRNAME / name for name in priors],
+        prior_dirs=prior_dirs or [out / PRIORS_DIRNAME / name for name in priors],
     )
     paths = write_report(report, out)
     print((out / REPORT_MD_NAME).read_text() if (out / REPORT_MD_NAME).exists() else paths)

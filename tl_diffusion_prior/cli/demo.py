@@ -1,5 +1,9 @@
 """The end-to-end demo: capture -> train both priors -> evaluate -> steer, on the default model.
 
+The priors trained live (minutes) show the pipeline; the shipped prior (``load_default_prior``,
+trained for an hour with the ``train`` command) is scored beside them, evaluated with them, and is
+the one the steering example uses.
+
 Each stage is a function of :mod:`tl_diffusion_prior.recipes`, which the tutorials reuse. The
 default scale is sized for ~15 minutes on a 2-core CPU; ``--long`` trains on more data for longer;
 ``--quick`` (or the environment variable ``TL_DIFFUSION_PRIOR_QUICK=1``) shrinks everything to a
@@ -19,6 +23,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from tl_diffusion_prior.capture import model_device
 from tl_diffusion_prior.cli.common import REPORT_NAMES, add_overwrite_argument, describe_capture
 from tl_diffusion_prior.cli.steer import print_comparison
 from tl_diffusion_prior.constants import (
@@ -30,7 +35,8 @@ from tl_diffusion_prior.constants import (
 from tl_diffusion_prior.core.paths import check_output_dir, holds_only, set_aside
 from tl_diffusion_prior.core.serialization import atomic_write_text
 from tl_diffusion_prior.data import load_default_model
-from tl_diffusion_prior.priors import load_prior
+from tl_diffusion_prior.priors import load_default_prior, load_prior
+from tl_diffusion_prior.priors.default_prior import DEFAULT_PRIOR_DIR
 from tl_diffusion_prior.recipes import (
     SCALES,
     STEER_EXAMPLE,
@@ -41,6 +47,7 @@ from tl_diffusion_prior.recipes import (
     compare_generations,
     evaluate_demo,
     is_quick,
+    score_prior,
     train_demo_prior,
 )
 from tl_diffusion_prior.steering import steering_vector
@@ -52,7 +59,7 @@ def stage(message: str) -> None:
 
 def steer_example(model, prior_dir: Path, scale: DemoScale, r: float) -> None:
     """Print the demo's steering example at relative scale ``r`` with the prior in ``prior_dir``."""
-    prior = load_prior(prior_dir, device=next(model.parameters()).device)
+    prior = load_prior(prior_dir, device=model_device(model))
     positive, negative = STEER_EXAMPLE["positive"], STEER_EXAMPLE["negative"]
     vector = steering_vector(model, prior.config.hook_name, positive, negative)
     comparison = compare_generations(
@@ -139,12 +146,21 @@ def _run_stages(args: argparse.Namespace, scale: DemoScale, out: Path) -> int:
         for name, r in results.items()
     }
 
-    stage("4/5 evaluating against PCA, Gaussian-posterior and TopK-SAE baselines")
-    summary["evaluation"] = evaluate_demo(model, priors, buffer, scale, out)
+    shipped = load_default_prior(device=model_device(model))
+    scored = summary["training"]["shipped"] = score_prior(shipped, val_acts, buffer)
+    print(
+        f"shipped prior (load_default_prior): val loss {scored['val_loss']:.4f} vs Gaussian "
+        f"reference {scored['gaussian_reference']:.4f} (ratio {scored['val_over_reference']:.3f})"
+    )
 
-    stage("5/5 steering one example: unsteered | steered | steered + MLP prior")
+    stage("4/5 evaluating against PCA, Gaussian-posterior and TopK-SAE baselines")
+    evaluated = {"shipped": shipped, **priors}
+    dirs = [DEFAULT_PRIOR_DIR, *(out / PRIORS_DIRNAME / name for name in priors)]
+    summary["evaluation"] = evaluate_demo(model, evaluated, buffer, scale, out, dirs)
+
+    stage("5/5 steering one example: unsteered | steered | steered + the shipped prior")
     for r in STEER_EXAMPLE_SCALES:
-        steer_example(model, out / PRIORS_DIRNAME / "mlp", scale, r)
+        steer_example(model, DEFAULT_PRIOR_DIR, scale, r)
 
     summary["total_s"] = time.perf_counter() - started
     atomic_write_text(out / DEMO_SUMMARY_NAME, json.dumps(summary, indent=2, default=str))

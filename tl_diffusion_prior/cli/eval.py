@@ -58,7 +58,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         action="append",
         required=True,
         metavar="DIR",
-        help="a prior saved with save_pretrained; repeat for several",
+        help="a prior saved with save_pretrained, or 'default' for the shipped prior; repeat "
+        "for several",
     )
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
     add_overwrite_argument(parser, "a report")
@@ -121,7 +122,10 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
 def _load_priors(paths: list[str], device: str | None) -> list[DiffusionPrior]:
     """The priors, which must all be of one model."""
     # Through the package, where tests replace the loader.
-    priors = [prior_package.load_prior(path, device=device) for path in paths]
+    priors = [
+        prior_package.load_prior(prior_package.resolve_prior_dir(path), device=device)
+        for path in paths
+    ]
     model_name = priors[0].config.model_name
     for prior, path in zip(priors, paths, strict=True):
         if prior.config.model_name != model_name:

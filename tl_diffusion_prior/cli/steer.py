@@ -23,7 +23,7 @@ from tl_diffusion_prior.capture import model_device
 from tl_diffusion_prior.constants import DEFAULT_MODEL_NAME
 from tl_diffusion_prior.data import models
 from tl_diffusion_prior.evaluate.text_judge import MAX_FLUENT_NLL
-from tl_diffusion_prior.priors import load_prior
+from tl_diffusion_prior.priors import load_prior, resolve_prior_dir
 from tl_diffusion_prior.recipes import GenerationComparison, compare_generations
 from tl_diffusion_prior.steering import steering_vector
 from tl_diffusion_prior.steering.positions import POSITIONS
@@ -31,7 +31,11 @@ from tl_diffusion_prior.steering.positions import POSITIONS
 
 def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``steer`` subcommand's options."""
-    parser.add_argument("--prior", required=True, help="directory of a saved prior")
+    parser.add_argument(
+        "--prior",
+        required=True,
+        help="directory of a saved prior, or 'default' for the shipped prior",
+    )
     parser.add_argument(
         "--positive", action="append", required=True, help="a prompt with the concept (repeat)"
     )
@@ -107,8 +111,10 @@ def print_comparison(comparison: GenerationComparison, prompt: str, width: int |
 
 def run_steer(args: argparse.Namespace) -> int:
     """Run ``tl-diffusion-prior steer`` with parsed ``args``."""
+    # A missing shipped prior fails before the model loads.
+    prior_dir = resolve_prior_dir(args.prior)
     model = models.load_model(args.model, device=args.device)
-    prior = load_prior(args.prior, device=model_device(model))
+    prior = load_prior(prior_dir, device=model_device(model))
     vector = steering_vector(model, prior.config.hook_name, args.positive, args.negative)
     comparison = compare_generations(
         model,
