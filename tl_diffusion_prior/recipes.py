@@ -135,6 +135,10 @@ class DemoScale:
 # what a time budget gave on an idle 2-core CPU (2,080 MLP and 274 UNet samples/s): "default" is
 # the 564 and 87 steps of 512 that the README's 130-s demo run of 2026-11-22 trained, "long" about
 # 900 s each, "quick" the 10-step minimum.
+# Steering-curve scales are relative (r x the mean activation norm along the unit direction): on
+# SmolLM2 layer 15, r <= 0.1 leaves greedy text unchanged, 0.25 shows the concept, 0.5 breaks some
+# prompts and 1.0 all (benchmarks/results/steer_scales.md), so the curves span 0.25-0.75 (long:
+# 0.1-1.0).
 SCALES = {
     "quick": DemoScale(
         n_train=4_000,
@@ -165,7 +169,7 @@ SCALES = {
             max_train_rows=60_000,
             sae_train={"steps": 600, "batch_size": 512},
             n_fd_samples=1500,
-            steer_curve_scales=(0.05, 0.1, 0.25),
+            steer_curve_scales=(0.25, 0.5, 0.75),
             steer_curve_concepts=2,
             steer_curve_tokens=10,
         ),
@@ -183,7 +187,7 @@ SCALES = {
             ts=(0.25, 0.5, 0.75),
             sae_train={"steps": 3000, "batch_size": 1024},
             n_fd_samples=12_000,
-            steer_curve_scales=(0.02, 0.05, 0.1, 0.25, 0.5),
+            steer_curve_scales=(0.1, 0.25, 0.5, 0.75, 1.0),
             steer_curve_concepts=3,
             steer_curve_prompts=3,
             steer_curve_tokens=24,

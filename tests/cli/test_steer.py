@@ -21,8 +21,29 @@ def test_arguments_and_defaults():
     assert (args.scale, args.t_start, args.num_steps, args.seed) == (0.5, 0.5, 20, 0)
     assert args.positions == "generated" and args.max_new_tokens == 40
     assert args.concept is None and args.lexicon is None
-    with pytest.raises(SystemExit):
-        _parse(["--prior", "p", "--positive", "a", "--negative", "c", "--prompt", "x"])
+    assert args.prompt == ["x"] and not args.calibrate and args.tolerance == 0.2
+    with pytest.raises(SystemExit):  # no prompt
+        _parse(["--prior", "p", "--positive", "a", "--negative", "c", "--scale", "0.5"])
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        ([], "pass --scale R"),
+        (["--calibrate", "--scale", "0.5", "--concept", "joy"], "exclude each other"),
+        (["--calibrate"], "--calibrate needs --concept"),
+    ],
+)
+def test_scale_or_calibrate_is_checked_before_the_model_loads(extra, match, monkeypatch):
+    from tl_diffusion_prior.data import models as offline_model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(offline_model, "load_model", no_model)
+    args = _parse(["--prior", "p", "--positive", "a", "--negative", "c", "--prompt", "x", *extra])
+    with pytest.raises(ValueError, match=match):
+        run_steer(args)
 
 
 def test_format_columns_side_by_side_and_stacked():
@@ -65,3 +86,19 @@ def test_run_steer_on_the_default_model(tmp_path, capsys, default_model, monkeyp
     assert "concept" in out and "lexicon words" in out
     assert "adds 120.0 along its direction" in out  # r * sqrt(576 * 100), whatever |vector|
     assert out.count("fluent") >= 3  # every column carries the text judge's verdict
+
+    # The same prior, calibrating plain steering over two scales on two prompts.
+    plot = tmp_path / "calibration.png"
+    args = _parse(
+        ["--prior", str(tmp_path / "prior"), "--positive", "I love weddings and brides"]
+        + ["--negative", "I love taxes and forms", "--prompt", "Tell me about your day."]
+        + ["--prompt", "The town is", "--calibrate", "--scales", "0.25", "1.0"]
+        + ["--concept", "wedding,bride", "--without-prior", "--max-new-tokens", "4"]
+        + ["--plot", str(plot)]
+    )
+    assert run_steer(args) == 0
+    out = capsys.readouterr().out
+    assert "plain steering; unsteered fluent fraction" in out
+    assert "| 0.25 |" in out and "| 1 |" in out
+    assert "usable range" in out or "no usable scale" in out
+    assert plot.stat().st_size > 1000

@@ -22,10 +22,15 @@ import textwrap
 from tl_diffusion_prior.capture import model_device
 from tl_diffusion_prior.constants import DEFAULT_MODEL_NAME
 from tl_diffusion_prior.data import models
+from tl_diffusion_prior.evaluate.concept_steering import SteeringConcept
+from tl_diffusion_prior.evaluate.scale_calibration import (
+    DEFAULT_CALIBRATION_SCALES,
+    calibrate_scale,
+)
 from tl_diffusion_prior.evaluate.text_judge import MAX_FLUENT_NLL
 from tl_diffusion_prior.priors import load_prior, resolve_prior_dir
 from tl_diffusion_prior.recipes import GenerationComparison, compare_generations
-from tl_diffusion_prior.steering import steering_vector
+from tl_diffusion_prior.steering import reference_norm_from_prior, steering_vector
 from tl_diffusion_prior.steering.positions import POSITIONS
 
 
@@ -42,13 +47,35 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--negative", action="append", required=True, help="a prompt without it (repeat)"
     )
-    parser.add_argument("--prompt", required=True, help="the prompt to continue")
+    parser.add_argument(
+        "--prompt",
+        action="append",
+        required=True,
+        help="a prompt to continue (repeat: each gets its own comparison; --calibrate averages)",
+    )
     parser.add_argument(
         "--scale",
         type=float,
-        required=True,
-        help="r: add r * mean activation norm along the vector's direction",
+        help="r: add r * mean activation norm along the vector's direction (not with --calibrate)",
     )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="instead of one scale, sweep --scales and print which are usable: the concept "
+        "moves (needs --concept) and the fluent fraction stays within --tolerance of unsteered",
+    )
+    parser.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=list(DEFAULT_CALIBRATION_SCALES),
+        help="relative scales --calibrate sweeps",
+    )
+    parser.add_argument(
+        "--tolerance", type=float, default=0.2, help="--calibrate: allowed fluency drop"
+    )
+    parser.add_argument("--without-prior", action="store_true", help="--calibrate plain steering")
+    parser.add_argument("--plot", help="--calibrate: save the calibration plot to this PNG path")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
     parser.add_argument("--t-start", type=float, default=0.5, help="noise level before denoising")
@@ -109,29 +136,82 @@ def print_comparison(comparison: GenerationComparison, prompt: str, width: int |
     )
 
 
+def _check_mode(args: argparse.Namespace) -> None:
+    """One scale, or --calibrate with concept words; a clear error before anything loads."""
+    if args.calibrate:
+        if args.scale is not None:
+            raise ValueError("--scale and --calibrate exclude each other; --scales sets the sweep.")
+        if not _words(args.concept):
+            raise ValueError(
+                "--calibrate needs --concept (comma-separated words whose probability shows the "
+                "concept), e.g. --concept 'happy,joy'."
+            )
+    elif args.scale is None:
+        raise ValueError("pass --scale R (e.g. 0.25), or --calibrate to find a usable range.")
+
+
 def run_steer(args: argparse.Namespace) -> int:
     """Run ``tl-diffusion-prior steer`` with parsed ``args``."""
+    _check_mode(args)
     # A missing shipped prior fails before the model loads.
     prior_dir = resolve_prior_dir(args.prior)
     model = models.load_model(args.model, device=args.device)
     prior = load_prior(prior_dir, device=model_device(model))
+    if args.calibrate:
+        return _run_calibration(args, model, prior)
     vector = steering_vector(model, prior.config.hook_name, args.positive, args.negative)
-    comparison = compare_generations(
+    for prompt in args.prompt:
+        comparison = compare_generations(
+            model,
+            prior,
+            vector,
+            prompt,
+            args.scale,
+            max_new_tokens=args.max_new_tokens,
+            t_start=args.t_start,
+            num_steps=args.num_steps,
+            seed=args.seed,
+            positions=args.positions,
+            concept_words=_words(args.concept),
+            concept_lexicon=_words(args.lexicon),
+            norm_prompts=args.positive + args.negative,
+        )
+        print_comparison(comparison, prompt, args.width)
+    return 0
+
+
+def _run_calibration(args: argparse.Namespace, model, prior) -> int:
+    concept = SteeringConcept(
+        "concept",
+        positive=args.positive,
+        negative=args.negative,
+        words=_words(args.concept),
+        lexicon=_words(args.lexicon) or (),
+    )
+    result = calibrate_scale(
         model,
-        prior,
-        vector,
+        prior.config.hook_name,
+        concept,
         args.prompt,
-        args.scale,
+        reference_norm_from_prior(prior),
+        args.scales,
+        prior=None if args.without_prior else prior,
+        tolerance=args.tolerance,
         max_new_tokens=args.max_new_tokens,
         t_start=args.t_start,
         num_steps=args.num_steps,
         seed=args.seed,
-        positions=args.positions,
-        concept_words=_words(args.concept),
-        concept_lexicon=_words(args.lexicon),
-        norm_prompts=args.positive + args.negative,
     )
-    print_comparison(comparison, args.prompt, args.width)
+    print(result.table())
+    usable = result.usable_range
+    print(
+        f"usable range: r = {usable[0]:g} to {usable[1]:g}"
+        if usable
+        else "no usable scale: widen --scales, add prompts or raise --tolerance"
+    )
+    if args.plot:
+        result.plot(args.plot)
+        print(f"plot saved to {args.plot}")
     return 0
 
 

@@ -156,8 +156,8 @@ def concept_steering_curves(
         max_new_tokens: Tokens generated per continuation.
         t_start / num_steps / seed: The priors' denoising settings (see ``steer``).
     """
-    _check_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
-    run = _ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
+    check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
+    run = prepare_concept_run(model, hook_name, concepts, prompts, max_new_tokens)
     steer_options = dict(
         t_start=t_start,
         num_steps=num_steps,
@@ -199,7 +199,7 @@ class ConceptItem:
     lexicon_hits: int
 
 
-def _check_arguments(
+def check_steering_arguments(
     model: HookedTransformer,
     hook_name: str,
     priors: Mapping[str, DiffusionPrior],
@@ -220,6 +220,17 @@ def _check_arguments(
         prior.check_compatible(
             hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
         )
+
+
+def prepare_concept_run(
+    model: HookedTransformer,
+    hook_name: str,
+    concepts: Sequence[SteeringConcept],
+    prompts: Sequence[str],
+    max_new_tokens: int,
+) -> _ConceptRun:
+    """The shared part of every method's generations (vectors, word ids, unsteered scores)."""
+    return _ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
 
 
 @dataclass
