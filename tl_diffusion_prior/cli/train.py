@@ -235,12 +235,14 @@ def _capture(args: argparse.Namespace, model, env, resuming: bool, n_val: int) -
     return _Captured(buffer, val_buffer, capture, train_source, seconds)
 
 
-def _provenance(args: argparse.Namespace, captured: _Captured) -> dict[str, Any]:
+def _provenance(
+    args: argparse.Namespace, captured: _Captured, code: dict[str, Any]
+) -> dict[str, Any]:
     """What the trained prior records about its data, and the command and code that made it
     (so a shipped prior can be reproduced)."""
     return {
         "command": shlex.join(["tl-diffusion-prior", *sys.argv[1:]]),
-        "code_version": code_version(),
+        "code_version": code,
         "model_name": args.model,
         "corpus": "tl_diffusion_prior packaged corpus",
         "corpus_sources": corpus_sources(),
@@ -346,6 +348,8 @@ def run_train(args: argparse.Namespace) -> int:
     """Capture, train and save; returns the process exit code."""
     if args.prior not in PRIOR_REGISTRY:
         raise ValueError(f"--prior must be one of {sorted(PRIOR_REGISTRY)}, got {args.prior!r}.")
+    # Read now: the code that runs is the code at launch, whatever changes in the tree later.
+    code = code_version()
     out, checkpoint_dir, resuming = check_train_outputs(args)
     config = build_train_config(args, checkpoint_dir)
     resumed_meta = _check_resumed_checkpoint(args, checkpoint_dir) if resuming else None
@@ -386,7 +390,7 @@ def run_train(args: argparse.Namespace) -> int:
             val_activations=captured.val_buffer.filled_rows(args.hook),
             refill=refill if config.refill_every else None,
             resume=bool(args.resume),
-            provenance=_provenance(args, captured),
+            provenance=_provenance(args, captured, code),
         )
         if env.is_main:
             _save_prior(prior, out, checkpoint_dir)
