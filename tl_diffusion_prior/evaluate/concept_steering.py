@@ -157,7 +157,7 @@ def concept_steering_curves(
         t_start / num_steps / seed: The priors' denoising settings (see ``steer``).
     """
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
-    run = prepare_concept_run(model, hook_name, concepts, prompts, max_new_tokens)
+    run = ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
     steer_options = dict(
         t_start=t_start,
         num_steps=num_steps,
@@ -222,19 +222,8 @@ def check_steering_arguments(
         )
 
 
-def prepare_concept_run(
-    model: HookedTransformer,
-    hook_name: str,
-    concepts: Sequence[SteeringConcept],
-    prompts: Sequence[str],
-    max_new_tokens: int,
-) -> _ConceptRun:
-    """The shared part of every method's generations (vectors, word ids, unsteered scores)."""
-    return _ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
-
-
 @dataclass
-class _ConceptRun:
+class ConceptRun:
     """What every method's generations share: the prompts, each concept's steering vector and
     word ids, and the unsteered continuation's concept score (the zero of the lift).
 
@@ -269,7 +258,7 @@ class _ConceptRun:
         concepts: Sequence[SteeringConcept],
         prompts: Sequence[str],
         max_new_tokens: int,
-    ) -> _ConceptRun:
+    ) -> ConceptRun:
         prompt_tokens = model.to_tokens(list(prompts), padding_side="left")
         run = cls(
             model=model,

@@ -31,9 +31,9 @@ from transformer_lens import HookedTransformer
 from tl_diffusion_prior.evaluate.concept_steering import (
     PLAIN,
     ConceptItem,
+    ConceptRun,
     SteeringConcept,
     check_steering_arguments,
-    prepare_concept_run,
 )
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
 from tl_diffusion_prior.priors.base import DiffusionPrior
@@ -169,7 +169,7 @@ def calibrate_scale(
         raise ValueError(f"tolerance must be in [0, 1), got {tolerance!r}.")
     priors = {"prior": prior} if prior is not None else {}
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, [concept], prompts)
-    run = prepare_concept_run(model, hook_name, [concept], prompts, max_new_tokens)
+    run = ConceptRun.prepare(model, hook_name, [concept], prompts, max_new_tokens)
     options = dict(
         t_start=t_start,
         num_steps=num_steps,
