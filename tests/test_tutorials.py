@@ -31,20 +31,23 @@ def test_tutorials_exist():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=_notebook_id)
-def test_notebook_is_committed_clean(path: Path):
+def test_notebook_is_committed_clean_or_fully_run(path: Path):
+    """A committed notebook is either cleared or the outputs of one full run, top to bottom, so
+    a reader on the web never sees outputs from a mix of runs or of a partial run."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
-    dirty = [
-        index
-        for index, cell in enumerate(nb.cells)
-        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
-    ]
-    assert not dirty, (
-        f"{path.name}: code cells {dirty} have outputs or execution counts; clear them before "
-        "committing (in Jupyter: Edit > Clear Outputs of All Cells)."
+    code = [cell for cell in nb.cells if cell.cell_type == "code"]
+    counts = [cell.execution_count for cell in code]
+    if all(count is None and not cell.outputs for count, cell in zip(counts, code, strict=True)):
+        return
+    assert counts == list(range(1, len(code) + 1)), (
+        f"{path.name}: execution counts {counts} are not one run of every cell in order; re-run "
+        "the notebook top to bottom (or clear all outputs) before committing."
     )
+    errors = [o for cell in code for o in cell.outputs if o.get("output_type") == "error"]
+    assert not errors, f"{path.name}: committed with an error output"
 
 
 def _venv_kernel_manager(kernel_dir: Path):
