@@ -119,13 +119,10 @@ def _settings(args: argparse.Namespace) -> EvalSettings:
     return EvalSettings.quick(**overrides) if args.quick else EvalSettings.from_dict(overrides)
 
 
-def _load_priors(paths: list[str], device: str | None) -> list[DiffusionPrior]:
+def _load_priors(paths: list[Path], device: str | None) -> list[DiffusionPrior]:
     """The priors, which must all be of one model."""
     # Through the package, where tests replace the loader.
-    priors = [
-        prior_package.load_prior(prior_package.resolve_prior_dir(path), device=device)
-        for path in paths
-    ]
+    priors = [prior_package.load_prior(path, device=device) for path in paths]
     model_name = priors[0].config.model_name
     for prior, path in zip(priors, paths, strict=True):
         if prior.config.model_name != model_name:
@@ -202,7 +199,9 @@ def run_eval(args: argparse.Namespace) -> int:
         is_ours=is_report_dir,
     )
     settings = _settings(args)
-    priors = _load_priors(args.prior, args.device)
+    # "default" is the shipped prior's folder (where its loss curve is, too).
+    prior_dirs = [prior_package.resolve_prior_dir(path) for path in args.prior]
+    priors = _load_priors(prior_dirs, args.device)
     hook_name, model_name = priors[0].config.hook_name, priors[0].config.model_name
     # Read before the model loads and rows are captured, checked once the model is known.
     loaded_baselines = _load_baselines(Path(args.baselines)) if args.baselines else None
@@ -237,7 +236,7 @@ def run_eval(args: argparse.Namespace) -> int:
             priors,
             train,
             settings,
-            prior_dirs=args.prior,
+            prior_dirs=prior_dirs,
             baselines=baselines,
             hook_name=hook_name,
             model_name=model_name,
