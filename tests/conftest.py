@@ -3,7 +3,8 @@ import random
 import numpy as np
 import pytest
 import torch
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from tests.lens_kinds import MODEL_KIND, build_tiny_model
 
 
 @pytest.fixture(autouse=True)
@@ -13,30 +14,8 @@ def _seed_everything():
     torch.manual_seed(0)
 
 
-def build_tiny_model(**overrides) -> HookedTransformer:
-    cfg = dict(
-        n_layers=2,
-        d_model=64,
-        d_head=16,
-        n_heads=4,
-        d_mlp=128,
-        d_vocab=300,
-        n_ctx=64,
-        act_fn="silu",
-        normalization_type="RMS",
-        positional_embedding_type="rotary",
-        gated_mlp=True,
-        seed=0,
-        default_prepend_bos=False,
-    )
-    cfg.update(overrides)
-    model = HookedTransformer(HookedTransformerConfig(**cfg))
-    model.eval()
-    return model
-
-
 @pytest.fixture
-def tiny_model() -> HookedTransformer:
+def tiny_model():
     return build_tiny_model()
 
 
@@ -44,4 +23,4 @@ def tiny_model() -> HookedTransformer:
 def default_model():
     from tl_diffusion_prior.data.models import load_default_model
 
-    return load_default_model()
+    return load_default_model(kind=MODEL_KIND)

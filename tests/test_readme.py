@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import tl_diffusion_prior as tdp
+from tests.lens_kinds import MODEL_KIND
 from tl_diffusion_prior.evaluate.text_judge import judge_fluency
 
 README = Path(
@@ -77,7 +78,14 @@ def _generated_lines(printed: str) -> list[str]:
 
 @pytest.mark.slow
 def test_readme_python_blocks_run(default_model, monkeypatch):
-    monkeypatch.setattr(tdp, "load_default_model", lambda *args, **kwargs: default_model)
+    load_default_model = tdp.load_default_model
+
+    def loaded_once(*args, kind=None, **kwargs):  # the session's model, unless another kind
+        if kind in (None, MODEL_KIND):
+            return default_model
+        return load_default_model(*args, kind=kind, **kwargs)
+
+    monkeypatch.setattr(tdp, "load_default_model", loaded_once)
     if not FULL:
         _quick_size(monkeypatch)
     namespace: dict = {"__name__": "__readme__"}

@@ -33,6 +33,9 @@ CORPUS_DIRNAME = "corpus_data"
 CORPUS_MANIFEST_NAME = "manifest.json"
 # The default model's conversion cache: CONFIG_NAME, WEIGHTS_NAME and this folder.
 TOKENIZER_DIRNAME = "tokenizer"
+# The default model's Hugging Face-format cache (for the bridge) records what it was converted from
+# here, beside the Hugging Face files (whose own config is config.json).
+CONVERSION_RECORD_NAME = "conversion.json"
 
 # An evaluation report folder.
 REPORT_JSON_NAME = "report.json"

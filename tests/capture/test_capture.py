@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.lens_kinds import hooked_only
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.capture.capture import ActivationCapture, CaptureConfig, fill_buffer
 
@@ -39,6 +40,7 @@ def test_multiple_hooks_fill_aligned_rows(tiny_model):
         torch.testing.assert_close(buffer.filled_rows(name), expected, rtol=0, atol=0)
 
 
+@hooked_only
 def test_excluded_positions_never_appear(tiny_model):
     tokens = _tokens(4, 12, seed=3)
     tokens[:, 0] = 1  # BOS
@@ -114,17 +116,21 @@ def test_no_hook_survives_an_exception(tiny_model):
     assert buffer.num_pushed == pushed
 
 
-def test_hooks_are_removed_when_the_forward_itself_fails(tiny_model, monkeypatch):
+def test_hooks_are_removed_when_the_forward_itself_fails(tiny_model):
     buffer = ActivationRingBuffer(50, 64, [HOOK])
 
     def broken_mlp(*args, **kwargs):
         raise RuntimeError("mlp failed")
 
     # Out-of-vocabulary ids no longer reach the model (they are refused first), so break a block.
-    monkeypatch.setattr(tiny_model.blocks[1].mlp, "forward", broken_mlp)
-    with pytest.raises(RuntimeError, match="mlp failed"):
-        fill_buffer(tiny_model, _tokens(2, 5), HOOK, 5, buffer=buffer, progress=False)
+    handle = tiny_model.blocks[1].mlp.register_forward_pre_hook(broken_mlp)
+    try:
+        with pytest.raises(RuntimeError, match="mlp failed"):
+            fill_buffer(tiny_model, _tokens(2, 5), HOOK, 5, buffer=buffer, progress=False)
+    finally:
+        handle.remove()
     assert all(not hp.fwd_hooks for hp in tiny_model.hook_dict.values())
+    assert not tiny_model._forward_pre_hooks
 
 
 def test_fill_buffer_accepts_an_iterable_and_stops_at_the_target(tiny_model):
@@ -152,6 +158,7 @@ def test_fill_buffer_errors(tiny_model):
         ActivationCapture(tiny_model, HOOK, buffer)
 
 
+@hooked_only
 def test_capture_works_on_a_generic_hooked_root_module():
     from transformer_lens.hook_points import HookedRootModule, HookPoint
 

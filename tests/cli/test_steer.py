@@ -61,7 +61,9 @@ def test_run_steer_on_the_default_model(tmp_path, capsys, default_model, monkeyp
     from tl_diffusion_prior.data import models as offline_model
     from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
 
-    monkeypatch.setattr(offline_model, "load_model", lambda name, device=None: default_model)
+    monkeypatch.setattr(
+        offline_model, "load_model", lambda name, device=None, kind=None: default_model
+    )
     config = MLPPriorConfig(
         d_model=576,
         hook_name="blocks.15.hook_resid_post",

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from tests.conftest import build_tiny_model
 from tests.data.helpers import build_byte_tokenizer
+from tests.lens_kinds import MODEL_KIND, build_tiny_model
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.capture.capture import ActivationCapture, fill_buffer
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks
@@ -38,8 +38,9 @@ def tokenizer():
 def cli_model(monkeypatch, tokenizer):
     """The tiny model with the byte tokenizer, loaded by every command instead of the default."""
     model = build_tiny_model()
-    model.tokenizer = tokenizer
-    monkeypatch.setattr(models, "load_model", lambda name, device=None: model)
+    if MODEL_KIND == "hooked":  # a bridge has its own character tokenizer
+        model.tokenizer = tokenizer
+    monkeypatch.setattr(models, "load_model", lambda name, device=None, kind=None: model)
     return model
 
 
@@ -88,7 +89,7 @@ def test_debug_adds_the_traceback(tmp_path, capsys, cli_model, where):
 
 
 def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
-    def broken(name, device=None):
+    def broken(name, device=None, kind=None):
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(models, "load_model", broken)
@@ -97,7 +98,7 @@ def test_an_internal_error_keeps_its_traceback(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_is_one_line_and_exit_code_130(tmp_path, capsys, monkeypatch):
-    def interrupted(name, device=None):
+    def interrupted(name, device=None, kind=None):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(models, "load_model", interrupted)

@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import build_tiny_model
+from tests.lens_kinds import build_tiny_model
 from tests.priors.helpers import build_tiny_prior, randomize_
 from tests.training.helpers import CountingTokenSource, filled_buffer, tiny_config, tiny_prior
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
@@ -222,7 +222,10 @@ def test_capture_records_the_model_and_refuses_a_second_model(tiny_model, tmp_pa
     buffer.save(tmp_path / "b.safetensors")
     assert ActivationRingBuffer.load(tmp_path / "b.safetensors").provenance == buffer.provenance
     other = build_tiny_model(seed=1)
-    with pytest.raises(ValueError, match=rf"fingerprint mismatch.*'{fingerprint}'.*HookedTransf"):
+    with pytest.raises(
+        ValueError,
+        match=rf"fingerprint mismatch.*'{fingerprint}'.*(HookedTransf|TransformerBridge)",
+    ):
         fill_buffer(other, CountingTokenSource(), HOOK, 40, buffer=buffer, progress=False)
 
 

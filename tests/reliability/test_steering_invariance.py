@@ -12,9 +12,8 @@ import types
 
 import pytest
 import torch
-from transformer_lens import HookedTransformer
 
-from tests.conftest import build_tiny_model
+from tests.lens_kinds import MODEL_KIND, build_tiny_model
 from tests.priors.helpers import build_tiny_prior, randomize_
 from tl_diffusion_prior.steering import steer
 
@@ -24,8 +23,11 @@ NEW_TOKENS = 6
 
 
 @pytest.fixture
-def model() -> HookedTransformer:
+def model():
     model = build_tiny_model()
+    if MODEL_KIND == "bridge":  # its tokenizer has these ids already (and must be a real one)
+        model.tokenizer.padding_side = "left"
+        return model
     # generate() builds its attention mask from the tokenizer's pad id and padding side; these are
     # all it reads from a tokenizer when given token ids and stop_at_eos=False.
     model.tokenizer = types.SimpleNamespace(
@@ -61,6 +63,9 @@ def _steer(model, prior, seed=7):
 
 
 def _greedy(model, tokens, use_cache):
+    # A bridge reads padding off token ids only when told the side (else pads count as tokens);
+    # a HookedTransformer reads it off the tokenizer's padding_side.
+    padding = {"padding_side": "left"} if MODEL_KIND == "bridge" else {}
     return model.generate(
         tokens,
         max_new_tokens=NEW_TOKENS,
@@ -68,6 +73,7 @@ def _greedy(model, tokens, use_cache):
         stop_at_eos=False,
         verbose=False,
         use_past_kv_cache=use_cache,
+        **padding,
     )
 
 

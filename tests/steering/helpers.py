@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformer_lens import HookedTransformer
 
+from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.priors.base import DiffusionPrior, PriorConfig
 from tl_diffusion_prior.steering.noise import position_noise, prefix_keys
 from tl_diffusion_prior.steering.positions import real_positions
@@ -67,7 +67,7 @@ class RecordingPrior(DiffusionPrior):
 
     def recorded_positions(
         self,
-        model: HookedTransformer,
+        model: LensModel,
         seed: int,
         tokens: Tensor,
         attention_mask: Tensor | None = None,
@@ -96,7 +96,7 @@ class RecordingPrior(DiffusionPrior):
         return found
 
 
-def hook_state(model: HookedTransformer) -> dict:
+def hook_state(model: LensModel) -> dict:
     """Everything steering may add to a model, to compare before/after."""
     return {
         "hook_names": sorted(model.hook_dict),
@@ -106,7 +106,7 @@ def hook_state(model: HookedTransformer) -> dict:
     }
 
 
-def greedy(model: HookedTransformer, tokens: Tensor, n: int, use_cache: bool = True) -> Tensor:
+def greedy(model: LensModel, tokens: Tensor, n: int, use_cache: bool = True) -> Tensor:
     return model.generate(
         tokens,
         max_new_tokens=n,

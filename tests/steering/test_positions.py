@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.lens_kinds import hooked_only
 from tl_diffusion_prior.steering.positions import CallPositions, PositionTracker, tracker_for
 
 
@@ -76,6 +77,7 @@ def test_keyed_tracking_hooks_block_zero_until_the_last_keyed_release(tiny_model
     assert [len(block._forward_pre_hooks) for block in tiny_model.blocks] == [0, 0]
 
 
+@hooked_only
 def test_a_pass_that_skips_block_zero_has_no_stale_keys(tiny_model):
     tracker = PositionTracker.acquire(tiny_model, 1, keyed=True)
     try:
@@ -89,6 +91,7 @@ def test_a_pass_that_skips_block_zero_has_no_stale_keys(tiny_model):
         tracker.release(1, keyed=True)
 
 
+@hooked_only
 def test_keys_carry_across_cached_passes_and_match_one_full_pass(tiny_model):
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 

@@ -1,8 +1,7 @@
 import pytest
 import torch
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
-from tests.conftest import build_tiny_model
+from tests.lens_kinds import build_tiny_model, hooked_only
 from tests.priors.helpers import randomize_, train_on_manifold
 from tests.steering.helpers import RecordingPrior, greedy, hook_state
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
@@ -252,7 +251,10 @@ def test_same_seed_same_generation_and_default_seed_from_torch_rng(tiny_model):
     assert seeds[0] == seeds[1]
 
 
+@hooked_only  # a hand-written loop over a HookedTransformer's own KV cache
 def test_left_padding_and_first_real_token_untouched_under_cache(tiny_model):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
     prompt = _tokens(2, 6)
     mask = torch.ones_like(prompt)
     mask[1, :3] = 0  # row 1 is left-padded: its first real token is at position 3
@@ -278,7 +280,10 @@ def test_left_padding_and_first_real_token_untouched_under_cache(tiny_model):
     assert found == expected
 
 
+@hooked_only  # a hand-written loop over a HookedTransformer's own KV cache
 def test_prompt_and_generated_in_handwritten_cached_loop(tiny_model):
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
     prompt = _tokens(1, 4)
     ones = torch.ones(1, 4, dtype=torch.long)
     for positions, expected in [("prompt", {1, 2, 3}), ("generated", {4, 5})]:

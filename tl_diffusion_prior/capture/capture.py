@@ -1,8 +1,8 @@
 """Stage 1: stream activations from TransformerLens hook points into an ActivationRingBuffer.
 
-Only the generic ``HookedRootModule`` API is used (``hook_dict`` and ``hooks()``), so any model with
-TransformerLens hook points works, not just ``HookedTransformer``. The hooks never modify the
-activation: they scatter it into the buffer and return None.
+Only the hook-point API that ``HookedRootModule`` and ``TransformerBridge`` share is used
+(``hook_dict`` and ``hooks()``), so any model with TransformerLens hook points works. The hooks
+never modify the activation: they scatter it into the buffer and return None.
 
 Which rows are kept: every position except position 0 (SmolLM2's position 0 has ~100x the median
 norm whatever its token), padding (from the ``attention_mask`` passed to the model), BOS and any
@@ -14,6 +14,7 @@ too).
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -21,7 +22,6 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import HookedRootModule
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks, stop_at_layer
@@ -29,6 +29,7 @@ from tl_diffusion_prior.capture.outlier_filter import OutlierFilter
 from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY, MODEL_NAME_KEY
 from tl_diffusion_prior.core.fingerprint import model_fingerprint
 from tl_diffusion_prior.core.integrity import check_same_source
+from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.core.validation import check_int
 
 
@@ -82,7 +83,7 @@ class ActivationCapture:
 
     def __init__(
         self,
-        model: HookedRootModule,
+        model: LensModel,
         hook_names: str | Sequence[str],
         buffer: ActivationRingBuffer,
         config: CaptureConfig | None = None,
@@ -144,8 +145,9 @@ class ActivationCapture:
             keep &= ~first_real
         return keep.reshape(-1)
 
-    def _hook(self, activation: Tensor, hook) -> None:
-        self._pending[hook.name] = activation.detach()
+    def _hook(self, activation: Tensor, hook, name: str) -> None:
+        # Keyed by the name asked for: a bridge's hook.name is the canonical one, not the alias.
+        self._pending[name] = activation.detach()
         if len(self._pending) < len(self.hook_names):
             return None
         acts = [self._pending[name] for name in self.hook_names]
@@ -173,7 +175,8 @@ class ActivationCapture:
         """Register the capture hooks; they are removed on exit, even after an exception."""
         pre_hook = self.model.register_forward_pre_hook(self._record_inputs, with_kwargs=True)
         try:
-            with self.model.hooks(fwd_hooks=[(name, self._hook) for name in self.hook_names]):
+            hooks = [(name, functools.partial(self._hook, name=name)) for name in self.hook_names]
+            with self.model.hooks(fwd_hooks=hooks):
                 yield self
         finally:
             pre_hook.remove()
@@ -217,7 +220,7 @@ def _token_batches(source) -> Iterator[Int[Tensor, "batch ctx"]]:
 
 
 def fill_buffer(
-    model: HookedRootModule,
+    model: LensModel,
     source: Tensor | Iterable[Tensor],
     hook_names: str | Sequence[str],
     n_activations: int,

@@ -12,7 +12,7 @@ import difflib
 import re
 from collections.abc import Iterable, Sequence
 
-from transformer_lens import HookedRootModule
+from tl_diffusion_prior.core.lens import LensModel, is_hook_model
 
 _BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
@@ -41,12 +41,12 @@ _NOT_PER_TOKEN_D_MODEL = {
 _MLP_HIDDEN = ("hook_pre", "hook_pre_linear", "hook_post")
 
 
-def validate_hook_names(model: HookedRootModule, hook_names: str | Iterable[str]) -> list[str]:
+def validate_hook_names(model: LensModel, hook_names: str | Iterable[str]) -> list[str]:
     """Return ``hook_names`` as a list, raising a helpful error for any name the model lacks."""
-    if not isinstance(model, HookedRootModule):
+    if not is_hook_model(model):
         raise TypeError(
-            f"model must be a TransformerLens HookedRootModule (e.g. HookedTransformer), "
-            f"got {type(model).__name__}."
+            "model must have TransformerLens hook points (a HookedTransformer, a TransformerBridge "
+            f"or another HookedRootModule), got {type(model).__name__}."
         )
     names = [hook_names] if isinstance(hook_names, str) else list(hook_names)
     if not names:
@@ -88,7 +88,7 @@ def stop_at_layer(hook_names: Sequence[str]) -> int | None:
     return max(layers) + 1
 
 
-def _not_per_token_d_model(model: HookedRootModule, name: str) -> str | None:
+def _not_per_token_d_model(model: LensModel, name: str) -> str | None:
     """What the activation at ``name`` holds if it is known not to be ``[batch, pos, d_model]``."""
     cfg = getattr(model, "cfg", None)
     parent, _, last = name.rpartition(".")
@@ -108,7 +108,7 @@ def _not_per_token_d_model(model: HookedRootModule, name: str) -> str | None:
     return None
 
 
-def check_residual_hooks(model: HookedRootModule, hook_names: str | Iterable[str]) -> list[str]:
+def check_residual_hooks(model: LensModel, hook_names: str | Iterable[str]) -> list[str]:
     """:func:`validate_hook_names`, then refuse hooks whose activation is not one ``d_model``
     vector per token (an attention pattern, per-head vectors, MLP hidden units, logits).
 

@@ -30,7 +30,7 @@ def run_capture(args: argparse.Namespace) -> int:
         what="--out (the buffer file)",
         is_ours=is_buffer_file,
     )
-    model = models.load_model(args.model, device=args.device)
+    model = models.load_model(args.model, device=args.device, kind=args.model_kind)
     hooks = args.hook or [DEFAULT_HOOK]
     source = build_token_source(args, model.tokenizer)
     buffer = ActivationRingBuffer(

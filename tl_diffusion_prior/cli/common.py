@@ -20,6 +20,7 @@ from tl_diffusion_prior.constants import (
     STEER_VECTORS_NAME,
     TRAINING_RECORD_NAME,
 )
+from tl_diffusion_prior.core.lens import MODEL_KINDS
 from tl_diffusion_prior.core.paths import holds_only, is_pretrained_dir
 from tl_diffusion_prior.core.serialization import safetensors_metadata
 from tl_diffusion_prior.data import (
@@ -89,6 +90,17 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="TransformerLens model name; the default loads SmolLM2-135M-Instruct offline.",
     )
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: auto)")
+    add_model_kind_argument(parser)
+
+
+def add_model_kind_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model-kind",
+        choices=MODEL_KINDS,
+        default=None,
+        help="hooked (HookedTransformer) or bridge (TransformerBridge); default: hooked on "
+        "TransformerLens 3.x, bridge on 4.x",
+    )
 
 
 def add_capture_arguments(parser: argparse.ArgumentParser) -> None:

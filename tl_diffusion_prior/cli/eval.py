@@ -28,7 +28,11 @@ from pathlib import Path
 
 from tl_diffusion_prior import priors as prior_package
 from tl_diffusion_prior.capture import ActivationRingBuffer, fill_buffer
-from tl_diffusion_prior.cli.common import add_overwrite_argument, is_report_dir
+from tl_diffusion_prior.cli.common import (
+    add_model_kind_argument,
+    add_overwrite_argument,
+    is_report_dir,
+)
 from tl_diffusion_prior.constants import BASELINES_DIRNAME, CONFIG_NAME, REPORT_MD_NAME
 from tl_diffusion_prior.core.paths import check_output_dir, set_aside
 from tl_diffusion_prior.data import models
@@ -69,6 +73,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="small held-out sets and short sweeps (minutes on a CPU)",
     )
     parser.add_argument("--device", default=None, help="torch device for model and priors")
+    add_model_kind_argument(parser)
     parser.add_argument(
         "--buffer",
         default=None,
@@ -206,7 +211,7 @@ def run_eval(args: argparse.Namespace) -> int:
     # Read before the model loads and rows are captured, checked once the model is known.
     loaded_baselines = _load_baselines(Path(args.baselines)) if args.baselines else None
     external_saes = _external_saes(args.sae, priors[0], args.device)
-    model = models.load_model(model_name, device=args.device)
+    model = models.load_model(model_name, device=args.device, kind=args.model_kind)
     fingerprint = check_priors_match(model, priors)
     train = _training_rows(args, model, settings, priors, fingerprint)
     if loaded_baselines is not None:

@@ -20,6 +20,7 @@ import shutil
 import textwrap
 
 from tl_diffusion_prior.capture import model_device
+from tl_diffusion_prior.cli import common
 from tl_diffusion_prior.constants import DEFAULT_MODEL_NAME
 from tl_diffusion_prior.data import models
 from tl_diffusion_prior.evaluate.concept_steering import SteeringConcept
@@ -87,6 +88,7 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="TransformerLens model name")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the model's)")
+    common.add_model_kind_argument(parser)
     parser.add_argument("--width", type=int, default=None, help="output width (default: terminal)")
 
 
@@ -155,7 +157,7 @@ def run_steer(args: argparse.Namespace) -> int:
     _check_mode(args)
     # A missing shipped prior fails before the model loads.
     prior_dir = resolve_prior_dir(args.prior)
-    model = models.load_model(args.model, device=args.device)
+    model = models.load_model(args.model, device=args.device, kind=args.model_kind)
     prior = load_prior(prior_dir, device=model_device(model))
     if args.calibrate:
         return _run_calibration(args, model, prior)

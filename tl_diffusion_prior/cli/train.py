@@ -42,7 +42,12 @@ from tl_diffusion_prior.capture import (
     fill_buffer,
     make_refill,
 )
-from tl_diffusion_prior.cli.common import add_overwrite_argument, code_version, is_prior_dir
+from tl_diffusion_prior.cli.common import (
+    add_model_kind_argument,
+    add_overwrite_argument,
+    code_version,
+    is_prior_dir,
+)
 from tl_diffusion_prior.constants import (
     CHECKPOINT_META_NAME,
     DEFAULT_HOOK,
@@ -70,6 +75,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prior", default="mlp", help="prior design: mlp or unet")
     parser.add_argument("--hook", default=DEFAULT_HOOK, help="full TransformerLens hook name")
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="TransformerLens model name")
+    add_model_kind_argument(parser)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--out", required=True, help="directory the trained prior is saved to")
     add_overwrite_argument(parser, "a prior")
@@ -356,7 +362,7 @@ def run_train(args: argparse.Namespace) -> int:
     env = distributed.init_from_env(args.device)
     say = print if env.is_main else (lambda *a, **k: None)
     try:
-        model = models.load_model(args.model, device=env.device)
+        model = models.load_model(args.model, device=env.device, kind=args.model_kind)
         if resumed_meta is not None:  # the weights, before any capture
             check_resume_source(
                 resumed_meta,

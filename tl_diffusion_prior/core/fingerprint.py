@@ -1,15 +1,19 @@
 """A cheap fingerprint of a model's weights, to tell two models with the same name apart.
 
-It lives in ``core`` (it needs only torch) so that priors, which import nothing else, can compute
-it in :meth:`~tl_diffusion_prior.priors.base.DiffusionPrior.check_compatible`.
+It lives in ``core`` (it needs only torch and TransformerLens) so that priors, which import
+nothing else, can compute it in
+:meth:`~tl_diffusion_prior.priors.base.DiffusionPrior.check_compatible`.
 
 Priors, buffers, baselines and checkpoints record the ``model_name`` they came from, but a
 fine-tuned or differently converted model can share that name while its activations differ. The
 fingerprint is a short hash of the first row of a few fixed parameters (the first
 :data:`N_FIRST_TENSORS` in ``named_parameters()`` order, which for a ``HookedTransformer`` are the
 embedding and the first block's weights, and the last one, the unembedding), with their names and
-shapes. The slices are taken on the model's device; only :data:`N_VALUES` values per tensor reach
-the host, never a whole weight.
+shapes. A TransformerBridge's are read under the same names
+(:func:`~tl_diffusion_prior.core.lens.fingerprint_parameters`), so a prior trained on the
+HookedTransformer of a model is accepted by its bridge and the other way round. The slices are
+taken on the model's device; only :data:`N_VALUES` values per tensor reach the host, never a whole
+weight.
 
 Values are rounded to bfloat16 before hashing, so the same weights held in float32, bfloat16 or
 float64 give the same fingerprint. A float16 copy rounds differently and gets another one.
@@ -21,6 +25,8 @@ import hashlib
 
 import torch
 from torch import nn
+
+from tl_diffusion_prior.core.lens import fingerprint_parameters
 
 # Parameters hashed: the first few (embedding, first block) and the last (unembedding).
 N_FIRST_TENSORS = 4
@@ -36,10 +42,9 @@ def model_fingerprint(model: nn.Module) -> str:
 
     Equal for the same weights in float32, bfloat16 or float64, on any device.
     """
-    named = list(model.named_parameters())
-    if not named:
+    chosen = fingerprint_parameters(model, N_FIRST_TENSORS)
+    if not chosen:
         return ""
-    chosen = named[:N_FIRST_TENSORS] + (named[-1:] if len(named) > N_FIRST_TENSORS else [])
     digest = hashlib.sha256()
     for name, parameter in chosen:
         row = parameter.detach().reshape(1) if parameter.ndim == 0 else parameter.detach()

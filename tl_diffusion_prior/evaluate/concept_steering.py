@@ -32,9 +32,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_attention_mask
 
+from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.evaluate.concept_lexicons import CONCEPT_LEXICONS
 from tl_diffusion_prior.evaluate.fluency import (
     concept_token_ids,
@@ -131,7 +131,7 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
 
 
 def concept_steering_curves(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     priors: Mapping[str, DiffusionPrior],
     scales: Sequence[float],
@@ -200,7 +200,7 @@ class ConceptItem:
 
 
 def check_steering_arguments(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     priors: Mapping[str, DiffusionPrior],
     scales: Sequence[float],
@@ -238,7 +238,7 @@ class ConceptRun:
         baseline: Concept name -> concept log-probability of the unsteered continuations.
     """
 
-    model: HookedTransformer
+    model: LensModel
     hook_name: str
     concepts: Sequence[SteeringConcept]
     prompts: Sequence[str]
@@ -253,7 +253,7 @@ class ConceptRun:
     @classmethod
     def prepare(
         cls,
-        model: HookedTransformer,
+        model: LensModel,
         hook_name: str,
         concepts: Sequence[SteeringConcept],
         prompts: Sequence[str],

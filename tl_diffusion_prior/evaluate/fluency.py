@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.steering.positions import steering_suspended
 
 
@@ -57,7 +57,7 @@ def mask_after_eos(
     return ~stopped_before
 
 
-def concept_token_ids(model: HookedTransformer, words: Sequence[str]) -> list[int]:
+def concept_token_ids(model: LensModel, words: Sequence[str]) -> list[int]:
     """Token ids standing for ``words``: for each word, its single-token spellings among ``word``,
     ``" word"``, ``"Word"`` and ``" Word"``; a word with none contributes the first token of
     ``" word"`` (a weaker signal for long words: prefer words that are single tokens)."""
@@ -108,7 +108,7 @@ def _check_inputs(
 
 
 def score_continuations(
-    model: HookedTransformer,
+    model: LensModel,
     prompt_tokens: Int[Tensor, "batch prompt"],
     continuation_tokens: Int[Tensor, "batch cont"],
     *,
@@ -166,7 +166,7 @@ def score_continuations(
 
 
 def continuation_nll(
-    model: HookedTransformer,
+    model: LensModel,
     prompt_tokens: Int[Tensor, "batch prompt"],
     continuation_tokens: Int[Tensor, "batch cont"],
     *,
@@ -184,7 +184,7 @@ def continuation_nll(
 
 
 def concept_logprob(
-    model: HookedTransformer,
+    model: LensModel,
     prompt_tokens: Int[Tensor, "batch prompt"],
     continuation_tokens: Int[Tensor, "batch cont"],
     concept_ids: Sequence[int],

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from transformer_lens import HookedTransformer
 
+from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.evaluate.concept_steering import (
     PLAIN,
     ConceptItem,
@@ -134,7 +134,7 @@ class ScaleCalibration:
 
 
 def calibrate_scale(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     concept: SteeringConcept,
     prompts: Sequence[str],

@@ -5,10 +5,12 @@ generation step, and hooks are never given the attention mask. Steering librarie
 positions relative to the current call therefore steer different tokens with and without the cache.
 This module recovers, for every forward pass, what each row of the hooked tensor *is*:
 
-* **Absolute position.** A forward pre-hook on the hooked block reads ``past_kv_cache_entry`` (its
-  stored length is the offset of the new positions) and the ``attention_mask`` that
-  TransformerLens passes to every block. (``generate`` and ``run_with_hooks`` call
-  ``model.forward`` directly, so a pre-hook on the model itself would never fire there.)
+* **Absolute position.** A forward pre-hook on the hooked block reads the KV cache it is given
+  (its stored length is the offset of the new positions) and the attention mask
+  (:func:`~tl_diffusion_prior.core.lens.block_input` reads both, for a HookedTransformer's
+  ``past_kv_cache_entry`` and for a TransformerBridge's Hugging Face cache). (``generate`` and
+  ``run_with_hooks`` call ``model.forward`` directly, so a pre-hook on the model itself would never
+  fire there.)
 * **Padding.** The block's ``attention_mask`` spans every position so far (cached ones included);
   positions it masks out are padding. When TransformerLens uses no mask (right-padded strings in a
   plain forward without a cache), the model attends to the pads as real tokens and so do we: right
@@ -44,15 +46,19 @@ from dataclasses import dataclass, field
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
+from tl_diffusion_prior.core.lens import (
+    BlockInput,
+    LensModel,
+    MethodWrapper,
+    generation_methods,
+    register_block_pre_hook,
+)
 from tl_diffusion_prior.steering.noise import prefix_keys
 
 POSITIONS: tuple[str, ...] = ("all", "prompt", "generated")
 
-_TRACKERS: weakref.WeakKeyDictionary[HookedTransformer, PositionTracker] = (
-    weakref.WeakKeyDictionary()
-)
+_TRACKERS: weakref.WeakKeyDictionary[LensModel, PositionTracker] = weakref.WeakKeyDictionary()
 
 
 def real_positions(
@@ -169,7 +175,7 @@ class PositionTracker:
     Use :meth:`acquire` / :meth:`release`; do not construct directly.
     """
 
-    def __init__(self, model: HookedTransformer) -> None:
+    def __init__(self, model: LensModel) -> None:
         self._model_ref = weakref.ref(model)
         self._layer_refs: dict[int, int] = {}
         self._pre_handles: dict[int, torch.utils.hooks.RemovableHandle] = {}
@@ -183,19 +189,14 @@ class PositionTracker:
         self._key_carry: tuple[weakref.ref, int, Tensor] | None = None
         # Instance attributes shadow the class's methods; the previous ones (if a user patched
         # them) are restored on release.
-        self._patched: dict[str, tuple[object, object]] = {}
-        self._patch(model, "generate", self._wrap_generate)
-        if hasattr(model, "generate_stream"):
-            self._patch(model, "generate_stream", self._wrap_generate_stream)
-
-    def _patch(self, model: HookedTransformer, name: str, wrap) -> None:
-        wrapper = wrap(getattr(model, name))
-        self._patched[name] = (model.__dict__.get(name), wrapper)
-        setattr(model, name, wrapper)
+        wraps = {"generate": self._wrap_generate, "generate_stream": self._wrap_generate_stream}
+        self._wrappers = [
+            MethodWrapper(model, name, wraps[name]) for name in generation_methods(model)
+        ]
 
     # ------------------------------------------------------------------ reference counting
     @classmethod
-    def acquire(cls, model: HookedTransformer, layer: int, keyed: bool = False) -> PositionTracker:
+    def acquire(cls, model: LensModel, layer: int, keyed: bool = False) -> PositionTracker:
         """The model's tracker, with a pre-hook on ``blocks[layer]`` (created on first use).
 
         ``keyed`` also tracks sequence keys (a pre-hook on ``blocks[0]``) until the matching
@@ -207,16 +208,14 @@ class PositionTracker:
             _TRACKERS[model] = tracker
         if layer not in tracker._layer_refs:
             hook = functools.partial(tracker._block_pre_hook, layer)
-            tracker._pre_handles[layer] = model.blocks[layer].register_forward_pre_hook(
-                hook, with_kwargs=True
-            )
+            tracker._pre_handles[layer] = register_block_pre_hook(model, layer, hook)
             tracker._layer_refs[layer] = 0
         tracker._layer_refs[layer] += 1
         if keyed:
             if tracker._key_handle is None:
                 # Prepended, so the keys are ready before a steered blocks[0]'s own pre-hook.
-                tracker._key_handle = model.blocks[0].register_forward_pre_hook(
-                    tracker._key_pre_hook, with_kwargs=True, prepend=True
+                tracker._key_handle = register_block_pre_hook(
+                    model, 0, tracker._key_pre_hook, prepend=True
                 )
             tracker._keyed += 1
         return tracker
@@ -257,12 +256,8 @@ class PositionTracker:
         if _TRACKERS.get(model) is self:
             del _TRACKERS[model]
         # Only undo our own patches: if someone wrapped generate after us, theirs stays in place.
-        for name, (previous, wrapper) in self._patched.items():
-            if model.__dict__.get(name) is wrapper:
-                if previous is None:
-                    del model.__dict__[name]
-                else:
-                    model.__dict__[name] = previous
+        for wrapper in self._wrappers:
+            wrapper.restore(model)
 
     # ------------------------------------------------------------------------- suspension
     @property
@@ -308,28 +303,21 @@ class PositionTracker:
 
         return wrapper
 
-    def _block_pre_hook(self, layer: int, module, args, kwargs) -> None:
-        residual = args[0] if args else kwargs["resid_pre"]
-        batch, n_new = residual.shape[0], residual.shape[1]
-        entry = kwargs.get("past_kv_cache_entry")
-        offset = int(entry.past_keys.shape[1]) if entry is not None else 0
+    def _block_pre_hook(self, layer: int, block: BlockInput) -> None:
+        batch, n_new = block.residual.shape[0], block.residual.shape[1]
         self._calls[layer] = CallPositions(
             batch=batch,
             n_new=n_new,
-            offset=offset,
-            prompt_length=self._prompt_length(layer, entry, offset, n_new),
-            attention_mask=kwargs.get("attention_mask"),
+            offset=block.offset,
+            prompt_length=self._prompt_length(layer, block.cache, block.offset, n_new),
+            attention_mask=block.attention_mask,
             keys=self._take_keys(layer, batch, n_new),
         )
 
-    def _key_pre_hook(self, module, args, kwargs) -> None:
-        residual = args[0] if args else kwargs["resid_pre"]
+    def _key_pre_hook(self, block: BlockInput) -> None:
+        residual, entry, offset = block.residual, block.cache, block.offset
         batch, n_new = residual.shape[0], residual.shape[1]
-        entry = kwargs.get("past_kv_cache_entry")
-        offset = int(entry.past_keys.shape[1]) if entry is not None else 0
-        real, position = real_positions(
-            kwargs.get("attention_mask"), batch, offset, n_new, residual.device
-        )
+        real, position = real_positions(block.attention_mask, batch, offset, n_new, residual.device)
         keys = prefix_keys(residual, real, position, self._carry(entry, offset, batch))
         if entry is not None:
             self._key_carry = (weakref.ref(entry), offset + n_new, keys[:, -1])
@@ -386,13 +374,13 @@ class PositionTracker:
         return call
 
 
-def tracker_for(model: HookedTransformer) -> PositionTracker | None:
+def tracker_for(model: LensModel) -> PositionTracker | None:
     """The model's active tracker, if any steering is attached."""
     return _TRACKERS.get(model)
 
 
 @contextlib.contextmanager
-def steering_suspended(model: HookedTransformer) -> Iterator[None]:
+def steering_suspended(model: LensModel) -> Iterator[None]:
     """Within this context every steering attached to ``model`` passes activations through
     unchanged (its hooks stay attached). Used to score text under the unsteered model."""
     tracker = _TRACKERS.get(model)

@@ -49,10 +49,19 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformer_lens import HookedTransformer
 from transformer_lens.hook_points import HookPoint
 
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of
+from tl_diffusion_prior.core.lens import (
+    LensModel,
+    add_child_hook_points,
+    add_first_permanent_hook,
+    has_child_hook_point,
+    has_hook,
+    model_kind,
+    remove_child_hook_points,
+    remove_hook,
+)
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering.config import SteeringConfig, added_vector
 from tl_diffusion_prior.steering.noise import MAX_SEED, PositionNoise
@@ -79,7 +88,7 @@ class SteeringHandle:
 
     def __init__(
         self,
-        model: HookedTransformer,
+        model: LensModel,
         hook_name: str,
         vector: Tensor,
         prior: DiffusionPrior | None,
@@ -115,13 +124,8 @@ class SteeringHandle:
                 self.model, self.layer, keyed=self.prior is not None
             )
             names = [STEERED_HOOK] + ([DENOISED_HOOK] if self.prior is not None else [])
-            for name in names:
-                point = HookPoint()
-                self._host.add_module(name, point)
-                self._points[name] = point
-            self.model.setup()
-            self._host.add_hook(self._hook, dir="fwd", is_permanent=True, prepend=True)
-            self._lens_handle = self._host.fwd_hooks[0]
+            self._points = add_child_hook_points(self.model, self.hook_name, names)
+            self._lens_handle = add_first_permanent_hook(self._host, self._hook)
             succeeded = True
         finally:
             if not succeeded:
@@ -134,18 +138,12 @@ class SteeringHandle:
         self._attached = False
         try:
             if self._lens_handle is not None:
-                self._lens_handle.hook.remove()
-                self._host.fwd_hooks = [
-                    h for h in self._host.fwd_hooks if h is not self._lens_handle
-                ]
+                remove_hook(self._host, self._lens_handle)
                 self._lens_handle = None
         finally:
             try:
-                for name, point in self._points.items():
-                    if self._host._modules.get(name) is point:
-                        del self._host._modules[name]
-                self._points.clear()
-                self.model.setup()
+                remove_child_hook_points(self.model, self.hook_name, self._points)
+                self._points = {}
             finally:
                 if self._tracker is not None:
                     self._tracker.release(self.layer, keyed=self.prior is not None)
@@ -160,7 +158,7 @@ class SteeringHandle:
     def is_active(self) -> bool:
         """Attached and its hook still registered (``reset_hooks(including_permanent=True)``
         removes it)."""
-        return self._attached and any(h is self._lens_handle for h in self._host.fwd_hooks)
+        return self._attached and has_hook(self._host, self._lens_handle)
 
     def __enter__(self) -> SteeringHandle:
         return self
@@ -290,12 +288,9 @@ def steering_config(
     return dataclasses.replace(config, **overrides)
 
 
-def _check_host_hook(model: HookedTransformer, hook_name: str) -> int:
+def _check_host_hook(model: LensModel, hook_name: str) -> int:
     """Validate that ``hook_name`` can be steered; returns its block's layer."""
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(
-            f"model must be a transformer_lens.HookedTransformer, got {type(model).__name__}."
-        )
+    model_kind(model)  # refuses anything but a HookedTransformer or a TransformerBridge
     check_residual_hooks(model, hook_name)  # refuses hooks that are not [batch, pos, d_model]
     if hook_name.endswith((f".{STEERED_HOOK}", f".{DENOISED_HOOK}")):
         raise ValueError(
@@ -307,7 +302,7 @@ def _check_host_hook(model: HookedTransformer, hook_name: str) -> int:
             f"Steering needs a hook inside a block ('blocks.L....'), got {hook_name!r}; to steer "
             "the embeddings use 'blocks.0.hook_resid_pre'."
         )
-    if STEERED_HOOK in model.hook_dict[hook_name]._modules:
+    if has_child_hook_point(model, hook_name, STEERED_HOOK):
         raise ValueError(
             f"{hook_name!r} is already steered; detach that steering first, or add the vectors "
             "and steer once."
@@ -316,7 +311,7 @@ def _check_host_hook(model: HookedTransformer, hook_name: str) -> int:
 
 
 def attach_steering(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     vector: Tensor,
     scale: float | None = None,
@@ -328,7 +323,7 @@ def attach_steering(
     """Attach steering permanently (until ``handle.detach()``); see the module docstring.
 
     Args:
-        model: The HookedTransformer to steer.
+        model: The LensModel to steer.
         hook_name: Full hook name inside a block, e.g. ``"blocks.15.hook_resid_post"``.
         vector: A ``[d_model]`` tensor in the hooked block's dtype and on its device.
         scale: ``alpha`` (adds ``alpha * vector``), or with ``scale_mode="relative"`` ``r``
@@ -370,7 +365,7 @@ def attach_steering(
 
 @contextlib.contextmanager
 def steer(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     vector: Tensor,
     scale: float | None = None,

@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import torch
 from jaxtyping import Float
 from torch import Tensor
-from transformer_lens import HookedTransformer
 
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of, stop_at_layer
+from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.core.validation import check_positive_int
 from tl_diffusion_prior.steering.positions import steering_suspended
 
@@ -33,7 +33,7 @@ Prompts = str | Sequence[str] | Tensor | Sequence[Tensor]
 
 
 def prompt_tokens(
-    model: HookedTransformer,
+    model: LensModel,
     prompts: Prompts,
     name: str = "prompts",
     prepend_bos: bool | None = None,
@@ -84,7 +84,7 @@ def prompt_tokens(
 
 
 def _read_positions(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     prompts: list[Tensor],
     reduce: str,
@@ -154,7 +154,7 @@ def _set_mean(per_prompt: list[Tensor], name: str) -> Tensor:
 
 
 def steering_vector(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     positive: Prompts,
     negative: Prompts,
@@ -194,7 +194,7 @@ def steering_vector(
 
 
 def mean_activation_norm(
-    model: HookedTransformer,
+    model: LensModel,
     hook_name: str,
     prompts: Prompts,
     *,
@@ -214,7 +214,7 @@ def mean_activation_norm(
     return float(norms.double().mean())
 
 
-def _hooked_parameter(model: HookedTransformer, hook_name: str) -> Tensor:
+def _hooked_parameter(model: LensModel, hook_name: str) -> Tensor:
     """A parameter of the block holding ``hook_name`` (its dtype and device are the hook's)."""
     layer = layer_of(hook_name)
     module = model.blocks[layer] if layer is not None else model
