@@ -134,3 +134,17 @@ def test_steering_vector_is_the_difference_of_mean_activations(bridge):
             rows.append(cache[HOOK][0, -1])
         means.append(torch.stack(rows).mean(0))
     torch.testing.assert_close(vector, means[0] - means[1])
+
+
+@pytest.mark.parametrize("hook", [HOOK, "blocks.1.hook_resid_pre", "blocks.1.hook_resid_mid"])
+def test_delta_lm_patching_splits_the_forward_at_the_hook(bridge, hook):
+    from tl_diffusion_prior.evaluate.fidelity import TokenSet, prepare_clean_pass
+
+    tokens = _tokens(3, 8, seed=4)
+    token_set = TokenSet("tiny", tokens, torch.arange(3))
+    clean = prepare_clean_pass(bridge, token_set, hook, batch_size=2, outlier_multiple=None)
+    with torch.inference_mode():
+        expected = bridge(tokens, return_type="loss", loss_per_token=True)
+        _, cache = bridge.run_with_cache(tokens, names_filter=[hook])
+    torch.testing.assert_close(clean.clean_loss, expected.float())
+    torch.testing.assert_close(clean.resid, cache[hook].float())

@@ -87,6 +87,13 @@ def model_kind(model: object) -> ModelKind:
     )
 
 
+def splits_forward_at_layers(model: object) -> bool:
+    """Whether ``model(resid, start_at_layer=L, tokens=..., return_type="loss")`` resumes a
+    forward pass from a block's input (a HookedTransformer's API; a bridge's ``start_at_layer``
+    takes other arguments and cannot compute the loss from a residual)."""
+    return HookedTransformer is not None and isinstance(model, HookedTransformer)
+
+
 def check_model_kind(kind: str | None) -> ModelKind:
     """``kind`` checked; None means ``"hooked"`` where it exists, else ``"bridge"``."""
     if kind is None:

@@ -29,6 +29,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from tl_diffusion_prior.capture.hook_names import check_residual_hooks, layer_of, stop_at_layer
+from tl_diffusion_prior.core.lens import splits_forward_at_layers
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.evaluate.reconstructors import Reconstructor, label
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
@@ -136,7 +137,9 @@ class _Splitter:
         self.model, self.hook_name = model, hook_name
         layer = layer_of(hook_name)
         self.start: int | None = None
-        if layer is not None and hook_name == f"blocks.{layer}.hook_resid_post":
+        if not splits_forward_at_layers(model):
+            pass  # hooks replace the activation instead
+        elif layer is not None and hook_name == f"blocks.{layer}.hook_resid_post":
             self.start = layer + 1
         elif layer is not None and hook_name == f"blocks.{layer}.hook_resid_pre":
             self.start = layer
