@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tests.lens_kinds import build_tiny_bridge
-from tests.steering.helpers import RecordingPrior
+from tests.steering.helpers import RecordingPrior, greedy
 from tl_diffusion_prior.capture import ActivationRingBuffer, CaptureConfig, fill_buffer
 from tl_diffusion_prior.core import lens
 from tl_diffusion_prior.steering import steer, steering_vector
@@ -31,18 +31,6 @@ def bridge():
 
 def _tokens(batch=2, length=6, seed=0):
     return torch.randint(4, 99, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def _greedy(model, tokens, use_cache, n=5, **kwargs):
-    return model.generate(
-        tokens,
-        max_new_tokens=n,
-        do_sample=False,
-        stop_at_eos=False,
-        verbose=False,
-        use_past_kv_cache=use_cache,
-        **kwargs,
-    )
 
 
 def test_model_kind_and_refusal_of_other_models(bridge):
@@ -93,10 +81,10 @@ def test_steered_generation_with_a_prior_is_the_same_with_and_without_the_kv_cac
     outputs = []
     for use_cache in (True, False):
         with steer(bridge, HOOK, torch.randn(64, generator=torch.Generator()), 3.0, prior, seed=2):
-            outputs.append(_greedy(bridge, tokens, use_cache))
+            outputs.append(greedy(bridge, tokens, 5, use_cache))
     assert torch.equal(outputs[0], outputs[1])
     # The cached decode steps really read the cache (an empty one would also agree with itself).
-    assert torch.equal(_greedy(bridge, tokens, True), _greedy(bridge, tokens, False))
+    assert torch.equal(greedy(bridge, tokens, 5, True), greedy(bridge, tokens, 5, False))
 
 
 def test_left_padded_row_equals_its_prompt_alone_when_steered(bridge):
@@ -106,8 +94,8 @@ def test_left_padded_row_equals_its_prompt_alone_when_steered(bridge):
     batch[0], batch[1, 3:] = long, short
     vector = torch.randn(64, generator=torch.Generator().manual_seed(3))
     with steer(bridge, HOOK, vector, 3.0, prior, seed=5):
-        together = _greedy(bridge, batch, True, padding_side="left")
-        alone = _greedy(bridge, short[None], True)
+        together = greedy(bridge, batch, 5, padding_side="left")
+        alone = greedy(bridge, short[None], 5)
     assert torch.equal(together[1, 3:], alone[0])
 
 
@@ -116,7 +104,7 @@ def test_hooks_are_removed_after_an_exception_inside_generate(bridge):
     failing = RecordingPrior(64, HOOK, bridge.cfg.model_name, fail=True)
     with pytest.raises(RuntimeError, match="prior failure"):
         with steer(bridge, HOOK, torch.randn(64), 1.0, failing, seed=0):
-            _greedy(bridge, _tokens(1, 4), True)
+            greedy(bridge, _tokens(1, 4), 5)
     after = {name: len(point.fwd_hooks) for name, point in bridge.hook_dict.items()}
     assert after == before
     assert not any(block._forward_pre_hooks for block in bridge.blocks)

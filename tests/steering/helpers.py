@@ -106,7 +106,7 @@ def hook_state(model: LensModel) -> dict:
     }
 
 
-def greedy(model: LensModel, tokens: Tensor, n: int, use_cache: bool = True) -> Tensor:
+def greedy(model: LensModel, tokens: Tensor, n: int, use_cache: bool = True, **kwargs) -> Tensor:
     return model.generate(
         tokens,
         max_new_tokens=n,
@@ -114,4 +114,5 @@ def greedy(model: LensModel, tokens: Tensor, n: int, use_cache: bool = True) -> 
         stop_at_eos=False,
         verbose=False,
         use_past_kv_cache=use_cache,
+        **kwargs,
     )

@@ -188,9 +188,9 @@ class BlockInput:
     attention_mask: Bool[Tensor, "batch key_pos"] | None
 
 
-def block_input(model: LensModel, layer: int, args: tuple, kwargs: dict) -> BlockInput:
-    """Read a forward pre-hook's ``(args, kwargs)`` on ``model.blocks[layer]``."""
-    if model_kind(model) == "hooked":
+def block_input(kind: ModelKind, layer: int, args: tuple, kwargs: dict) -> BlockInput:
+    """Read a forward pre-hook's ``(args, kwargs)`` on ``blocks[layer]`` of a ``kind`` model."""
+    if kind == "hooked":
         residual = args[0] if args else kwargs["resid_pre"]
         entry = kwargs.get("past_kv_cache_entry")
         offset = int(entry.past_keys.shape[1]) if entry is not None else 0
@@ -221,9 +221,10 @@ def register_block_pre_hook(
     model: LensModel, layer: int, hook: Callable[[BlockInput], None], prepend: bool = False
 ) -> torch.utils.hooks.RemovableHandle:
     """Call ``hook(block_input)`` before every forward pass of ``model.blocks[layer]``."""
+    kind = model_kind(model)  # once, not on every pass
 
     def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        hook(block_input(model, layer, args, kwargs))
+        hook(block_input(kind, layer, args, kwargs))
 
     return model.blocks[layer].register_forward_pre_hook(
         pre_hook, with_kwargs=True, prepend=prepend
