@@ -320,8 +320,8 @@ class MethodWrapper:
         self._name = name
         self._previous = model.__dict__.get(name)
         self._wrapper = wrap(getattr(model, name))
-        # nn.Module.__setattr__ would refuse nothing here, but a bridge's __setattr__ routes some
-        # names to the wrapped model: write the instance dict directly.
+        # The instance dict is where an attribute shadows the class's method; restore() reads it
+        # back from there (and a bridge's __setattr__ runs extra hook-registry logic we don't need).
         model.__dict__[name] = self._wrapper
 
     def restore(self, model: nn.Module) -> None:

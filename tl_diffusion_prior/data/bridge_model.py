@@ -1,13 +1,12 @@
 """The default model as a TransformerBridge, offline.
 
 ``transformers`` reads the same GGUF as :mod:`tl_diffusion_prior.data.gguf` (its own
-dequantisation, independent of ours) into a Hugging Face ``LlamaForCausalLM``, with the
-HookedTransformer's tokenizer; the first load
-saves it with ``save_pretrained`` beside the HookedTransformer's conversion cache, so later loads
-skip the GGUF. The bridge wraps that model: no hub is contacted. Its ``blocks.L.hook_resid_post``
-activations and next-token logits match the HookedTransformer's within float32 tolerance
-(``tests/data/test_bridge_model.py``).
-"""
+dequantisation, independent of ours) into a Hugging Face ``LlamaForCausalLM``, which gets the
+HookedTransformer's tokenizer. The first load saves both with ``save_pretrained`` beside the
+HookedTransformer's conversion cache, so later loads skip the GGUF. The bridge wraps that model: no
+hub is contacted. Its ``blocks.L.hook_resid_post`` activations and next-token logits match the
+HookedTransformer's within float32 tolerance (``tests/bridge/test_default_bridge.py``,
+``benchmarks/bridge_equivalence.py``)."""
 
 from __future__ import annotations
 

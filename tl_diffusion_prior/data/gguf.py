@@ -36,9 +36,8 @@ from tl_diffusion_prior.core.serialization import (
     read_json,
 )
 
-if (
-    TYPE_CHECKING
-):  # TransformerLens 4 has no HookedTransformerConfig; only the hooked kind needs it.
+# TransformerLens 4 has no HookedTransformerConfig; only the hooked kind needs it.
+if TYPE_CHECKING:
     from transformer_lens import HookedTransformerConfig
 
 logger = logging.getLogger(__name__)

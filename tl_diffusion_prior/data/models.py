@@ -155,8 +155,6 @@ def load_default_model(
     resolved_dtype = resolve_dtype(dtype)
     if resolved_kind == "bridge":
         return load_default_bridge(resolved_device, resolved_dtype, cache_dir)
-    HookedTransformer = lens.HookedTransformer
-
     gguf_path = gguf.find_default_gguf()
     cfg = gguf.smollm2_config(gguf.DEFAULT_N_CTX, resolved_device, resolved_dtype)
     folder = gguf.converted_model_folder(gguf_path, cfg, cache_dir)
@@ -169,7 +167,8 @@ def load_default_model(
         warnings.filterwarnings(
             "ignore", message=_HOOKED_TRANSFORMER_DEPRECATION, category=DeprecationWarning
         )
-        model = HookedTransformer(cfg, tokenizer=gguf.load_tokenizer(folder / TOKENIZER_DIRNAME))
+        tokenizer = gguf.load_tokenizer(folder / TOKENIZER_DIRNAME)
+        model = lens.HookedTransformer(cfg, tokenizer=tokenizer)
     _load_converted_state(model, state)
     model.eval()
     return model
@@ -207,9 +206,7 @@ def load_model(
         hub_kwargs["dtype"] = resolve_dtype(dtype)
     if resolved_kind == "bridge":
         return lens.TransformerBridge.boot_transformers(name, **hub_kwargs)
-    HookedTransformer = lens.HookedTransformer
-
-    return HookedTransformer.from_pretrained(name, **hub_kwargs)
+    return lens.HookedTransformer.from_pretrained(name, **hub_kwargs)
 
 
 def measure_load_times(device: str | torch.device | None = None) -> dict[str, float]:
