@@ -158,13 +158,7 @@ def concept_steering_curves(
     """
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
     run = ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
-    steer_options = dict(
-        t_start=t_start,
-        num_steps=num_steps,
-        seed=seed,
-        scale_mode="relative",
-        reference_norm=reference_norm,
-    )
+    steer_options = relative_steering_options(reference_norm, t_start, num_steps, seed)
 
     def method_generator(prior: DiffusionPrior | None):
         return lambda scale: run.items_at(scale, prior, steer_options)
@@ -184,6 +178,20 @@ def concept_steering_curves(
             "distinct_2": lambda items: [item.distinct_2 for item in items],
             "lexicon_hits": lambda items: [float(item.lexicon_hits) for item in items],
         },
+    )
+
+
+def relative_steering_options(
+    reference_norm: float, t_start: float, num_steps: int, seed: int
+) -> dict[str, Any]:
+    """The ``steer`` keywords of a sweep over relative scales (``ConceptRun.items_at`` passes
+    them on): each scale ``r`` adds ``r * reference_norm`` along the unit direction."""
+    return dict(
+        t_start=t_start,
+        num_steps=num_steps,
+        seed=seed,
+        scale_mode="relative",
+        reference_norm=reference_norm,
     )
 
 

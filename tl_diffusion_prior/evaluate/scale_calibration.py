@@ -34,6 +34,7 @@ from tl_diffusion_prior.evaluate.concept_steering import (
     ConceptRun,
     SteeringConcept,
     check_steering_arguments,
+    relative_steering_options,
 )
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
 from tl_diffusion_prior.priors.base import DiffusionPrior
@@ -170,13 +171,7 @@ def calibrate_scale(
     priors = {"prior": prior} if prior is not None else {}
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, [concept], prompts)
     run = ConceptRun.prepare(model, hook_name, [concept], prompts, max_new_tokens)
-    options = dict(
-        t_start=t_start,
-        num_steps=num_steps,
-        seed=seed,
-        scale_mode="relative",
-        reference_norm=reference_norm,
-    )
+    options = relative_steering_options(reference_norm, t_start, num_steps, seed)
     unsteered = run.items_at(0.0, None, options)
     unsteered_fluent = sum(item.fluent for item in unsteered) / len(unsteered)
     texts = {0.0: [item.text for item in unsteered]}
