@@ -52,8 +52,10 @@ def build_tiny_hooked(**overrides):
 
 
 def tiny_tokenizer():
-    """A character-level tokenizer (printable ASCII + 4 specials, 99 ids), built offline and saved
-    to a folder first: TransformerLens reloads a tokenizer from its ``name_or_path``."""
+    """A character-level tokenizer (printable ASCII + 4 specials, 99 ids), built in memory.
+
+    ``add_bos_token=True`` matters: without it TransformerLens reloads the tokenizer from its
+    ``name_or_path`` to add BOS, which fails for one that exists only in memory."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
