@@ -523,3 +523,57 @@ def test_batched_left_padded_generation_on_the_default_model(default_model):
     never = {(0, p) for p in range(n_pad + 1)} | {(1, 0)}
     assert not found[0] & never
     assert {(0, n_pad + 1), (1, 1), (0, tokens.shape[1]), (1, tokens.shape[1] + 2)} <= found[0]
+
+
+# ------------------------------------------------------------------ projection instead of a prior
+def _drop_direction(direction):
+    unit = direction / direction.norm()
+
+    def project(x):
+        return x - (x @ unit).unsqueeze(-1) * unit
+
+    return project
+
+
+def test_projection_replaces_only_steered_positions(tiny_model):
+    tokens, v = _tokens(), _vector()
+    project = _drop_direction(_vector(seed=5))
+    _, clean = tiny_model.run_with_cache(tokens, names_filter=[HOOK])
+    with steer(tiny_model, HOOK, v, 3.0, projection=project) as handle:
+        _, cache = tiny_model.run_with_cache(tokens)
+    assert handle.denoised_hook_name == DENOISED
+    expected = project(clean[HOOK][:, 1:] + 3.0 * v)
+    torch.testing.assert_close(cache[DENOISED][:, 1:], expected)
+    torch.testing.assert_close(cache[HOOK], cache[DENOISED], rtol=0, atol=0)
+    assert torch.equal(cache[HOOK][:, 0], clean[HOOK][:, 0])  # the first position untouched
+    assert DENOISED not in tiny_model.hook_dict
+
+
+def test_projection_kv_cache_and_recomputation_agree(tiny_model):
+    tokens, project = _tokens(2, 5), _drop_direction(_vector(seed=5))
+    outputs = []
+    for use_cache in (True, False):
+        with steer(tiny_model, HOOK, _vector(), 2.0, projection=project):
+            outputs.append(greedy(tiny_model, tokens, 6, use_cache))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(projection="sae"), "callable"),
+        (dict(projection=lambda x: x, prior=True), "one of prior= or projection="),
+    ],
+)
+def test_bad_projection_rejected_before_attaching(tiny_model, kwargs, match):
+    if kwargs.get("prior"):
+        kwargs["prior"] = _prior(tiny_model)
+    with pytest.raises(TypeError, match=match):
+        attach_steering(tiny_model, HOOK, _vector(), 1.0, **kwargs)
+    assert STEERED not in tiny_model.hook_dict
+
+
+def test_projection_returning_wrong_shape_is_an_error(tiny_model):
+    with steer(tiny_model, HOOK, _vector(), 1.0, projection=lambda x: x[:, :-1]):
+        with pytest.raises(ValueError, match="input's shape"):
+            tiny_model(_tokens())

@@ -11,8 +11,9 @@ The two scale modes (:func:`added_vector`):
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -120,3 +121,28 @@ def added_vector(
         )
     alpha = config.scale * norm
     return alpha, (exact * (alpha / length)).to(vector.dtype)
+
+
+def steering_config(
+    scale: float | None, config: SteeringConfig | None, overrides: dict[str, Any]
+) -> SteeringConfig:
+    """The :class:`SteeringConfig` that ``scale``, ``config`` and keyword ``overrides`` describe.
+
+    ``config`` (if given) is the starting point; ``scale`` and every override replace its fields.
+    """
+    fields = {f.name for f in dataclasses.fields(SteeringConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(
+            f"Unknown steering option(s) {unknown}; the options are the SteeringConfig fields "
+            f"{sorted(fields - {'scale'})}."
+        )
+    if config is not None and not isinstance(config, SteeringConfig):
+        raise TypeError(f"config must be a SteeringConfig or None, got {type(config).__name__}.")
+    if scale is not None:
+        overrides = {**overrides, "scale": scale}
+    if config is None:
+        if "scale" not in overrides:
+            raise TypeError("Pass the steering scale (scale=...) or a config=SteeringConfig(...).")
+        return SteeringConfig(**overrides)
+    return dataclasses.replace(config, **overrides)

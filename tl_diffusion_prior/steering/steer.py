@@ -21,7 +21,9 @@ for which positions those are, with and without the KV cache):
    :mod:`~tl_diffusion_prior.steering.noise`), never of the row's place in the batch or its
    padding. So the same prompt gives the same result alone, twice in one batch or left-padded
    among others, and generation without the KV cache, which recomputes earlier positions at every
-   step, re-noises them identically.
+   step, re-noises them identically. A ``projection`` (any ``[n, d_model] -> [n, d_model]``
+   callable, such as an SAE's reconstruction or a PCA projection: the linear "manifold" baselines
+   of on-manifold steering) can take the prior's place; it adds no noise.
 
 Each row's first real position (BOS / attention sink) and padding are never touched: the hooked
 tensor keeps the model's values there, in every hook point.
@@ -31,7 +33,7 @@ so every other hook and cache entry under the host name sees the value the rest 
 receives (steered, and denoised with a prior). ``<hook>.hook_steered`` shows the activation after
 the addition and before denoising, ``<hook>.hook_denoised`` after it; both are full
 ``[batch, pos, d_model]`` tensors, and hooks on them may edit them (the result is checked).
-Without a prior only ``hook_steered`` is added.
+Without a prior or projection only ``hook_steered`` is added.
 
 Hook bookkeeping: the steering hook is permanent (``is_permanent=True``), so ``model.reset_hooks()``
 and the cleanup of ``model.hooks()`` / ``run_with_hooks`` contexts leave it alone, and detaching
@@ -43,8 +45,7 @@ denoised positions carry no gradient (the prior runs under ``no_grad``); plain s
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -63,11 +64,13 @@ from tl_diffusion_prior.core.lens import (
     remove_hook,
 )
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.steering.config import SteeringConfig, added_vector
+from tl_diffusion_prior.steering.config import SteeringConfig, added_vector, steering_config
 from tl_diffusion_prior.steering.noise import MAX_SEED, PositionNoise
 from tl_diffusion_prior.steering.positions import PositionTracker
 
 STEERED_HOOK = "hook_steered"
+#: A deterministic map of steered activations back onto a "manifold" (see ``projection``).
+Projection = Callable[[Tensor], Tensor]
 DENOISED_HOOK = "hook_denoised"
 
 
@@ -77,7 +80,7 @@ class SteeringHandle:
     Attributes:
         hook_name: The host hook.
         steered_hook_name: ``<hook>.hook_steered``.
-        denoised_hook_name: ``<hook>.hook_denoised``, or None without a prior.
+        denoised_hook_name: ``<hook>.hook_denoised``, or None without a prior or projection.
         alpha: ``scale`` (absolute mode), or ``scale * reference norm`` (relative mode: the norm
             of the vector added).
         delta: The ``[d_model]`` vector added at every steered position (``alpha * vector``, or
@@ -96,17 +99,20 @@ class SteeringHandle:
         alpha: float,
         delta: Tensor,
         seed: int,
+        projection: Projection | None = None,
     ) -> None:
         self.model = model
         self.hook_name = hook_name
         self.layer = layer_of(hook_name)
         self.vector = vector
         self.prior = prior
+        self.projection = projection
         self.config = config
         self.alpha = alpha
         self.seed = seed
         self.steered_hook_name = f"{hook_name}.{STEERED_HOOK}"
-        self.denoised_hook_name = f"{hook_name}.{DENOISED_HOOK}" if prior is not None else None
+        projects = prior is not None or projection is not None
+        self.denoised_hook_name = f"{hook_name}.{DENOISED_HOOK}" if projects else None
         self._host: HookPoint = model.hook_dict[hook_name]
         self.delta = delta
         self._noise = PositionNoise(seed, vector.shape[0], vector.device)
@@ -123,7 +129,7 @@ class SteeringHandle:
             self._tracker = PositionTracker.acquire(
                 self.model, self.layer, keyed=self.prior is not None
             )
-            names = [STEERED_HOOK] + ([DENOISED_HOOK] if self.prior is not None else [])
+            names = [STEERED_HOOK] + ([DENOISED_HOOK] if self.denoised_hook_name else [])
             self._points = add_child_hook_points(self.model, self.hook_name, names)
             self._lens_handle = add_first_permanent_hook(self._host, self._hook)
             succeeded = True
@@ -184,23 +190,29 @@ class SteeringHandle:
         mask = call.steer_mask(self.config.positions, activation.device)
         steered = torch.addcmul(activation, mask.unsqueeze(-1).to(activation.dtype), self.delta)
         steered = self._through(self._points[STEERED_HOOK], steered, activation)
-        if self.prior is None:
+        if self.denoised_hook_name is None:
             return steered
         rows, cols = mask.nonzero(as_tuple=True)
         out = steered
         if rows.numel():
             x = steered[rows, cols]
-            device = activation.device
-            noise = self._noise(
-                call.sequence_keys(device)[rows, cols], call.real_positions(device)[rows, cols]
-            )
-            denoised = self.prior.denoise(
-                x, self.config.t_start, self.config.num_steps, noise=noise
-            )
-            if denoised.shape != x.shape:
+            if self.prior is not None:
+                device = activation.device
+                noise = self._noise(
+                    call.sequence_keys(device)[rows, cols], call.real_positions(device)[rows, cols]
+                )
+                denoised = self.prior.denoise(
+                    x, self.config.t_start, self.config.num_steps, noise=noise
+                )
+            else:
+                with torch.no_grad():
+                    denoised = self.projection(x)
+            if not isinstance(denoised, Tensor) or denoised.shape != x.shape:
+                method = type(self.prior or self.projection).__name__
+                got = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised)
                 raise ValueError(
-                    f"{type(self.prior).__name__}.denoise returned shape {tuple(denoised.shape)} "
-                    f"for input {tuple(x.shape)}; a prior must preserve the shape."
+                    f"{method} returned {got} for input shape {tuple(x.shape)}; a prior or "
+                    "projection must return a tensor of the input's shape."
                 )
             out = steered.index_put((rows, cols), denoised.to(x.device, x.dtype))
         return self._through(self._points[DENOISED_HOOK], out, activation)
@@ -263,31 +275,6 @@ def _check_vector(vector: object, d_model: int, dtype: torch.dtype, device: torc
         raise ValueError("vector contains NaN or inf; recompute it.")
 
 
-def steering_config(
-    scale: float | None, config: SteeringConfig | None, overrides: dict[str, Any]
-) -> SteeringConfig:
-    """The :class:`SteeringConfig` that ``scale``, ``config`` and keyword ``overrides`` describe.
-
-    ``config`` (if given) is the starting point; ``scale`` and every override replace its fields.
-    """
-    fields = {f.name for f in dataclasses.fields(SteeringConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(
-            f"Unknown steering option(s) {unknown}; the options are the SteeringConfig fields "
-            f"{sorted(fields - {'scale'})}."
-        )
-    if config is not None and not isinstance(config, SteeringConfig):
-        raise TypeError(f"config must be a SteeringConfig or None, got {type(config).__name__}.")
-    if scale is not None:
-        overrides = {**overrides, "scale": scale}
-    if config is None:
-        if "scale" not in overrides:
-            raise TypeError("Pass the steering scale (scale=...) or a config=SteeringConfig(...).")
-        return SteeringConfig(**overrides)
-    return dataclasses.replace(config, **overrides)
-
-
 def _check_host_hook(model: LensModel, hook_name: str) -> int:
     """Validate that ``hook_name`` can be steered; returns its block's layer."""
     model_kind(model)  # refuses anything but a HookedTransformer or a TransformerBridge
@@ -317,6 +304,7 @@ def attach_steering(
     scale: float | None = None,
     prior: DiffusionPrior | None = None,
     *,
+    projection: Any = None,  # a Projection; checked with a clearer error than a type checker's
     config: SteeringConfig | None = None,
     **overrides: Any,
 ) -> SteeringHandle:
@@ -330,6 +318,9 @@ def attach_steering(
             (adds ``r * reference_norm * vector / ||vector||``); may instead come in ``config``.
         prior: A :class:`DiffusionPrior` trained on ``hook_name`` of this model, or None for plain
             activation addition.
+        projection: Instead of a prior, a deterministic ``[n, d_model] -> [n, d_model]`` map
+            applied to the steered positions (an SAE's reconstruction, a PCA projection); it runs
+            under ``no_grad`` in the model's dtype and device.
         config: A :class:`~tl_diffusion_prior.steering.config.SteeringConfig` with the settings.
         **overrides: Any :class:`~tl_diffusion_prior.steering.config.SteeringConfig` field
             (``t_start``, ``num_steps``, ``positions``, ``seed``, ``scale_mode``,
@@ -343,6 +334,11 @@ def attach_steering(
     config = steering_config(scale, config, overrides)
     block_parameter = next(model.blocks[layer].parameters())
     _check_vector(vector, model.cfg.d_model, block_parameter.dtype, block_parameter.device)
+    if projection is not None and (prior is not None or not callable(projection)):
+        raise TypeError(
+            "projection must be a callable [n, d_model] -> [n, d_model] tensor map, and cannot be "
+            "combined with a prior; pass one of prior= or projection=."
+        )
     if prior is not None:
         if not isinstance(prior, DiffusionPrior):
             raise TypeError(f"prior must be a DiffusionPrior or None, got {type(prior).__name__}.")
@@ -358,7 +354,9 @@ def attach_steering(
         if config.seed is not None
         else int(torch.randint(0, MAX_SEED, (), dtype=torch.int64))
     )
-    handle = SteeringHandle(model, hook_name, vector, prior, config, alpha, delta, resolved_seed)
+    handle = SteeringHandle(
+        model, hook_name, vector, prior, config, alpha, delta, resolved_seed, projection
+    )
     handle._attach()
     return handle
 
@@ -371,11 +369,14 @@ def steer(
     scale: float | None = None,
     prior: DiffusionPrior | None = None,
     *,
+    projection: Any = None,  # a Projection; checked with a clearer error than a type checker's
     config: SteeringConfig | None = None,
     **overrides: Any,
 ) -> Iterator[SteeringHandle]:
     """Context-manager form of :func:`attach_steering`; detaches on exit, even after an error."""
-    handle = attach_steering(model, hook_name, vector, scale, prior, config=config, **overrides)
+    handle = attach_steering(
+        model, hook_name, vector, scale, prior, projection=projection, config=config, **overrides
+    )
     try:
         yield handle
     finally:
