@@ -34,6 +34,7 @@ from tl_diffusion_prior.core.fingerprint import model_fingerprint as compute_mod
 from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
 from tl_diffusion_prior.core.validation import check_positive_int
+from tl_diffusion_prior.priors.score import ScoreConfig, manifold_score
 
 #: Architecture name -> prior class. Importing :mod:`tl_diffusion_prior.priors` fills it.
 PRIOR_REGISTRY: Registry[DiffusionPrior] = Registry(
@@ -269,6 +270,19 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
             eps = noise.reshape(z.shape).to(device=z.device, dtype=z.dtype)
         out = self._denoise_normalized(z, float(t_start), num_steps, eps)
         return self.normalizer.denormalize(out.float()).to(x.dtype).reshape(x.shape).to(x.device)
+
+    def score(
+        self,
+        x: Float[Tensor, "*batch d_model"],
+        method: str = "elbo",
+        *,
+        levels: tuple[float, ...] | list[float] | None = None,
+        seed: int = 0,
+        noise: Tensor | None = None,
+    ) -> Float[Tensor, " *batch"]:
+        """Per-vector manifold score of RAW ``x`` (float32; larger = less typical), ``method``
+        "elbo" or "one_step": :mod:`tl_diffusion_prior.priors.score` gives definition and cost."""
+        return manifold_score(self, x, ScoreConfig(method, levels, seed), noise)
 
     def check_compatible(
         self,
