@@ -20,12 +20,8 @@ from datetime import date
 import torch
 
 from tl_diffusion_prior.data import load_default_model
-from tl_diffusion_prior.evaluate.concept_steering import (
-    DEFAULT_CONCEPTS,
-    DEFAULT_PROMPTS,
-    PLAIN,
-    concept_steering_curves,
-)
+from tl_diffusion_prior.evaluate.concept_steering import PLAIN, concept_steering_curves
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.steering import reference_norm_from_prior
 

@@ -2,12 +2,8 @@ import pytest
 import torch
 
 from tests.priors.helpers import build_tiny_prior
-from tl_diffusion_prior.evaluate.concept_steering import (
-    DEFAULT_CONCEPTS,
-    PLAIN,
-    SteeringConcept,
-    concept_steering_curves,
-)
+from tl_diffusion_prior.evaluate.concept_steering import PLAIN, concept_steering_curves
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, SteeringConcept
 
 HOOK = "blocks.15.hook_resid_post"
 

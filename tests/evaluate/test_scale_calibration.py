@@ -1,6 +1,7 @@
 import pytest
 
-from tl_diffusion_prior.evaluate.concept_steering import DEFAULT_CONCEPTS, PLAIN, ConceptItem
+from tl_diffusion_prior.evaluate.concept_steering import PLAIN, ConceptItem
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS
 from tl_diffusion_prior.evaluate.scale_calibration import (
     ScaleCalibration,
     _point,

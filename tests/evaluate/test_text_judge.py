@@ -5,7 +5,7 @@ import re
 import pytest
 
 from tl_diffusion_prior.evaluate.concept_lexicons import CONCEPT_LEXICONS
-from tl_diffusion_prior.evaluate.concept_steering import DEFAULT_CONCEPTS
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS
 from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits, repetition_stats
 
 FLUENT = [
@@ -65,6 +65,11 @@ ON_CONCEPT = {
     "joy": "We laughed and smiled all afternoon; it was such a delightful, fun party.",
     "weddings": "My fiance and I picked the altar flowers and planned our honeymoon.",
     "the sea": "The boat left the harbor at dawn and the captain watched the whales.",
+    "anger": "I was so annoyed and frustrated that I yelled; it was ridiculous and unacceptable.",
+    "food": "The recipe calls for rice, chicken and a spicy sauce, with a chocolate dessert.",
+    "sports": "The coach said the league championship was a victory for the fans.",
+    "space": "The comet passed Jupiter and Saturn on its way around the sun.",
+    "music": "The jazz album had a great rhythm, a catchy chorus and clever lyrics.",
 }
 OFF_CONCEPT = "The quarterly tax forms are due at the office on Monday morning."
 
@@ -76,6 +81,10 @@ def test_lexicon_hits_on_vs_off_concept(concept):
     assert lexicon_hits(OFF_CONCEPT, lexicon) == 0
     others = [text for name, text in ON_CONCEPT.items() if name != concept]
     assert all(lexicon_hits(text, lexicon) == 0 for text in others)
+
+
+def test_every_concept_has_a_lexicon_and_an_on_concept_text():
+    assert set(ON_CONCEPT) == set(CONCEPT_LEXICONS) == {c.name for c in DEFAULT_CONCEPTS}
 
 
 def test_lexicon_matches_whole_words_case_insensitively():

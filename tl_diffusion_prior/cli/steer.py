@@ -23,7 +23,7 @@ from tl_diffusion_prior.capture import model_device
 from tl_diffusion_prior.cli import common
 from tl_diffusion_prior.constants import DEFAULT_MODEL_NAME
 from tl_diffusion_prior.data import models
-from tl_diffusion_prior.evaluate.concept_steering import SteeringConcept
+from tl_diffusion_prior.evaluate.concepts import SteeringConcept
 from tl_diffusion_prior.evaluate.scale_calibration import (
     DEFAULT_CALIBRATION_SCALES,
     calibrate_scale,

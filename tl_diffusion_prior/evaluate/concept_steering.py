@@ -27,15 +27,17 @@ steering_curves`, with bootstrap intervals over the (concept, prompt) items.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import Tensor
 from transformer_lens.utilities import get_attention_mask
 
 from tl_diffusion_prior.core.lens import LensModel
-from tl_diffusion_prior.evaluate.concept_lexicons import CONCEPT_LEXICONS
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS, SteeringConcept
 from tl_diffusion_prior.evaluate.fluency import (
     concept_token_ids,
     mask_after_eos,
@@ -44,96 +46,16 @@ from tl_diffusion_prior.evaluate.fluency import (
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves, steering_curves
 from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.steering.steer import steer
+from tl_diffusion_prior.steering.steer import Projection, steer
 from tl_diffusion_prior.steering.vector import steering_vector
 
 PLAIN = "plain steering"
 
 
-@dataclass(frozen=True)
-class SteeringConcept:
-    """A concept to steer towards.
-
-    Attributes:
-        name: display name.
-        positive: prompts that express the concept.
-        negative: matched prompts that do not.
-        words: words whose next-token probability signals the concept (each word's first token,
-            with and without a leading space; see ``concept_token_ids``).
-        lexicon: held-out words counted in the generated text (none of them in the prompts or
-            ``words``); empty counts nothing.
-    """
-
-    name: str
-    positive: Sequence[str]
-    negative: Sequence[str]
-    words: Sequence[str]
-    lexicon: Sequence[str] = ()
-
-    def __post_init__(self) -> None:
-        if isinstance(self.lexicon, str) or not all(isinstance(w, str) for w in self.lexicon):
-            raise ValueError(
-                f"SteeringConcept {self.name!r}: lexicon must be a sequence of words, got "
-                f"{self.lexicon!r}."
-            )
-        object.__setattr__(self, "lexicon", tuple(self.lexicon))
-        for field_name in ("positive", "negative", "words"):
-            values = getattr(self, field_name)
-            if isinstance(values, str) or not values or not all(isinstance(v, str) for v in values):
-                raise ValueError(
-                    f"SteeringConcept {self.name!r}: {field_name} must be a non-empty sequence of "
-                    f"strings, got {values!r}."
-                )
-            object.__setattr__(self, field_name, tuple(values))
-
-
-DEFAULT_CONCEPTS: tuple[SteeringConcept, ...] = (
-    SteeringConcept(
-        "joy",
-        positive=("I am so happy and grateful today!", "What a wonderful, joyful celebration."),
-        negative=("I am so sad and miserable today.", "What a terrible, gloomy funeral."),
-        words=("happy", "joy", "wonderful", "love"),
-        lexicon=CONCEPT_LEXICONS["joy"],
-    ),
-    SteeringConcept(
-        "weddings",
-        positive=(
-            "We are getting married at the wedding next week.",
-            "The bride and groom exchanged rings at the ceremony.",
-        ),
-        negative=(
-            "We are filing our taxes at the office next week.",
-            "The clerk and manager exchanged forms at the meeting.",
-        ),
-        words=("wedding", "bride", "marriage", "married"),
-        lexicon=CONCEPT_LEXICONS["weddings"],
-    ),
-    SteeringConcept(
-        "the sea",
-        positive=(
-            "The waves crashed on the beach by the ocean.",
-            "Sailors crossed the stormy sea in a ship.",
-        ),
-        negative=(
-            "The cars crowded the road through the city.",
-            "Drivers crossed the busy town in a truck.",
-        ),
-        words=("sea", "ocean", "waves", "beach"),
-        lexicon=CONCEPT_LEXICONS["the sea"],
-    ),
-)
-
-DEFAULT_PROMPTS: tuple[str, ...] = (
-    "Tell me about your weekend.",
-    "Write a few sentences about the town where you live.",
-    "What is a good way to spend an afternoon?",
-)
-
-
 def concept_steering_curves(
     model: LensModel,
     hook_name: str,
-    priors: Mapping[str, DiffusionPrior],
+    priors: Mapping[str, DiffusionPrior | Projection],
     scales: Sequence[float],
     reference_norm: float,
     concepts: Sequence[SteeringConcept] = DEFAULT_CONCEPTS,
@@ -143,24 +65,37 @@ def concept_steering_curves(
     num_steps: int = 20,
     seed: int = 0,
     n_resamples: int = 1000,
+    seeds: Sequence[int] = (0,),
+    sampling: Mapping[str, float] | None = None,
+    positions: str = "all",
 ) -> SteeringCurves:
     """Plain steering and steering with each prior, over ``scales``, scored as described above.
 
     Args:
-        model: The steered model (generations are greedy, batched over ``prompts``).
+        model: The steered model (generations are batched over ``prompts``).
         hook_name: The hook to steer; every prior must model it.
-        priors: Display name -> prior; may be empty (plain steering only).
+        priors: Display name -> prior, or a projection (``steer(projection=...)``: an SAE's
+            reconstruction, a PCA projection); may be empty (plain steering only).
         scales: Relative scales ``r``: the hook adds ``r * reference_norm * v / ||v||``.
         reference_norm: The activation norm ``r`` is relative to (e.g. the mean held-out norm).
         concepts / prompts: What to steer towards and which prompts to continue.
         max_new_tokens: Tokens generated per continuation.
-        t_start / num_steps / seed: The priors' denoising settings (see ``steer``).
+        t_start / num_steps / seed: The priors' denoising settings (see ``steer``); the noise
+            seed of a generation is ``seed + s`` for its decoding seed ``s``.
+        seeds: Decoding seeds; every (concept, prompt) is generated once per seed.
+        sampling: None decodes greedily (one seed is then enough); else ``generate`` keywords
+            such as ``{"temperature": 0.7, "top_p": 0.9}``, with torch's RNG seeded by each seed
+            before each batch, so every method samples with the same random numbers.
+        positions: Which positions are steered (``SteeringConfig.positions``).
     """
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
-    run = ConceptRun.prepare(model, hook_name, concepts, prompts, max_new_tokens)
+    run = ConceptRun.prepare(
+        model, hook_name, concepts, prompts, max_new_tokens, seeds=seeds, sampling=sampling
+    )
     steer_options = relative_steering_options(reference_norm, t_start, num_steps, seed)
+    steer_options["positions"] = positions
 
-    def method_generator(prior: DiffusionPrior | None):
+    def method_generator(prior: DiffusionPrior | Projection | None):
         return lambda scale: run.items_at(scale, prior, steer_options)
 
     generators = {PLAIN: method_generator(None)}
@@ -205,12 +140,15 @@ class ConceptItem:
     fluent: bool
     distinct_2: float
     lexicon_hits: int
+    concept: str = ""
+    prompt_index: int = 0
+    seed: int = 0
 
 
 def check_steering_arguments(
     model: LensModel,
     hook_name: str,
-    priors: Mapping[str, DiffusionPrior],
+    priors: Mapping[str, DiffusionPrior | Projection],
     scales: Sequence[float],
     reference_norm: float,
     concepts: Sequence[SteeringConcept],
@@ -225,6 +163,13 @@ def check_steering_arguments(
     for name, prior in priors.items():
         if name == PLAIN:
             raise ValueError(f"{PLAIN!r} names plain steering; give the prior another name.")
+        if not isinstance(prior, DiffusionPrior):
+            if not callable(prior):
+                raise TypeError(
+                    f"priors[{name!r}] must be a DiffusionPrior or a projection (a callable "
+                    f"[n, d_model] -> [n, d_model]), got {type(prior).__name__}."
+                )
+            continue
         prior.check_compatible(
             hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name
         )
@@ -243,7 +188,8 @@ class ConceptRun:
         eos: The tokenizer's EOS id (scores stop there), or None.
         vectors: Concept name -> raw-space steering vector.
         concept_ids: Concept name -> token ids of its words.
-        baseline: Concept name -> concept log-probability of the unsteered continuations.
+        seeds / sampling: As in :func:`concept_steering_curves`.
+        baseline: (concept name, seed) -> concept log-probability of the unsteered continuations.
     """
 
     model: LensModel
@@ -256,7 +202,9 @@ class ConceptRun:
     eos: int | None
     vectors: dict[str, Tensor]
     concept_ids: dict[str, list[int]]
-    baseline: dict[str, Tensor] = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
+    sampling: Mapping[str, float] | None = None
+    baseline: dict[tuple[str, int], Tensor] = field(default_factory=dict)
 
     @classmethod
     def prepare(
@@ -266,6 +214,8 @@ class ConceptRun:
         concepts: Sequence[SteeringConcept],
         prompts: Sequence[str],
         max_new_tokens: int,
+        seeds: Sequence[int] = (0,),
+        sampling: Mapping[str, float] | None = None,
     ) -> ConceptRun:
         prompt_tokens = model.to_tokens(list(prompts), padding_side="left")
         run = cls(
@@ -283,20 +233,29 @@ class ConceptRun:
                 c.name: steering_vector(model, hook_name, c.positive, c.negative) for c in concepts
             },
             concept_ids={c.name: concept_token_ids(model, c.words) for c in concepts},
+            seeds=tuple(int(s) for s in seeds),
+            sampling=dict(sampling) if sampling is not None else None,
         )
-        unsteered = run.generate()
-        run.baseline = {c.name: run.scores(unsteered, c)[0] for c in concepts}
+        if not run.seeds:
+            raise ValueError("seeds is empty; pass at least one decoding seed.")
+        for seed in run.seeds:
+            unsteered = run.generate(seed)
+            run.baseline.update({(c.name, seed): run.scores(unsteered, c)[0] for c in concepts})
         return run
 
-    def generate(self) -> Tensor:
-        """Greedy continuations of every prompt (the prompt tokens cut off)."""
+    def generate(self, seed: int = 0) -> Tensor:
+        """Continuations of every prompt (the prompt tokens cut off): greedy, or sampled with
+        torch's RNG seeded by ``seed``."""
+        if self.sampling is not None:
+            torch.manual_seed(seed)
         out = self.model.generate(
             list(self.prompts),
             max_new_tokens=self.max_new_tokens,
-            do_sample=False,
+            do_sample=self.sampling is not None,
             verbose=False,
             padding_side="left",
             return_type="tokens",
+            **(self.sampling or {}),
         )
         return out[:, self.prompt_tokens.shape[1] :]
 
@@ -319,25 +278,30 @@ class ConceptRun:
         return [self.model.tokenizer.decode(row, skip_special_tokens=True) for row in continuation]
 
     def items_at(
-        self, scale: float, prior: DiffusionPrior | None, steer_options: dict[str, Any]
+        self,
+        scale: float,
+        method: DiffusionPrior | Projection | None,
+        steer_options: dict[str, Any],
     ) -> list[ConceptItem]:
-        """A :class:`ConceptItem` per (concept, prompt), steering at ``scale`` with ``prior``."""
+        """A :class:`ConceptItem` per (seed, concept, prompt), steering at ``scale`` with
+        ``method`` (a prior, a projection, or None for plain steering)."""
+        is_prior = isinstance(method, DiffusionPrior)
         items = []
-        for concept in self.concepts:
+        for seed, concept in itertools.product(self.seeds, self.concepts):
             with steer(
                 self.model,
                 self.hook_name,
                 self.vectors[concept.name],
                 scale,
-                prior,
-                **steer_options,
+                method if is_prior else None,
+                projection=None if is_prior else method,
+                **{**steer_options, "seed": steer_options.get("seed", 0) + seed},
             ):
-                continuation = self.generate()
+                continuation = self.generate(seed)
             concept_score, nll = self.scores(continuation, concept)
-            lift = concept_score - self.baseline[concept.name]
-            for text, lift_i, nll_i in zip(
-                self.texts(continuation), lift.tolist(), nll.tolist(), strict=True
-            ):
+            lift = concept_score - self.baseline[(concept.name, seed)]
+            scored = zip(self.texts(continuation), lift.tolist(), nll.tolist(), strict=True)
+            for i, (text, lift_i, nll_i) in enumerate(scored):
                 judgement = judge_fluency(text, nll_i)
                 items.append(
                     ConceptItem(
@@ -347,6 +311,9 @@ class ConceptRun:
                         fluent=judgement.fluent,
                         distinct_2=judgement.stats.distinct[1],
                         lexicon_hits=lexicon_hits(text, concept.lexicon),
+                        concept=concept.name,
+                        prompt_index=i,
+                        seed=seed,
                     )
                 )
         return items

@@ -1,7 +1,7 @@
 """Scale calibration: the relative steering scales that move a concept and keep the text fluent.
 
 Users of steering ask first "what scale?". :func:`calibrate_scale` answers it for one vector (a
-:class:`~tl_diffusion_prior.evaluate.concept_steering.SteeringConcept`) and a prompt set: it
+:class:`~tl_diffusion_prior.evaluate.concepts.SteeringConcept`) and a prompt set: it
 generates the unsteered continuation of every prompt, then the steered one at each relative scale
 ``r`` (the hook adds ``r * reference_norm`` along the vector's unit direction), with or without a
 prior, and scores each continuation as the steering curves do (concept lift under the unsteered
@@ -32,10 +32,10 @@ from tl_diffusion_prior.evaluate.concept_steering import (
     PLAIN,
     ConceptItem,
     ConceptRun,
-    SteeringConcept,
     check_steering_arguments,
     relative_steering_options,
 )
+from tl_diffusion_prior.evaluate.concepts import SteeringConcept
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
 from tl_diffusion_prior.priors.base import DiffusionPrior
 

@@ -74,8 +74,8 @@ class EvalSettings(ConfigBase):
         fd_sample_steps: Sampling steps of the priors for the FD (None: each prior's default).
         steer_curve_scales: Relative scales of the concept-vs-fluency steering curves (plain
             steering and each prior; see ``evaluate.concept_steering``); empty skips them.
-        steer_curve_concepts: How many of ``concept_steering.DEFAULT_CONCEPTS`` to steer towards.
-        steer_curve_prompts: How many of ``concept_steering.DEFAULT_PROMPTS`` to continue.
+        steer_curve_concepts: How many of ``concepts.DEFAULT_CONCEPTS`` to steer towards.
+        steer_curve_prompts: How many of ``concepts.DEFAULT_PROMPTS`` to continue.
         steer_curve_tokens: Greedy tokens generated per continuation.
         headline_noise_std: Noise std of target (a).
         headline_t: Noise level of target (b).

@@ -18,11 +18,8 @@ from torch import Tensor
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.evaluate.baselines.base import activation_rows
-from tl_diffusion_prior.evaluate.concept_steering import (
-    DEFAULT_CONCEPTS,
-    DEFAULT_PROMPTS,
-    concept_steering_curves,
-)
+from tl_diffusion_prior.evaluate.concept_steering import concept_steering_curves
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS
 from tl_diffusion_prior.evaluate.fidelity import (
     CleanPass,
     Condition,
