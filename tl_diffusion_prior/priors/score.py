@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Float, Int
@@ -50,9 +50,8 @@ from tl_diffusion_prior.core.counter_noise import (
 )
 from tl_diffusion_prior.core.validation import check_choice, check_float
 
-if TYPE_CHECKING:
-    from tl_diffusion_prior.priors.base import DiffusionPrior
-
+# ``prior`` arguments are DiffusionPriors, annotated ``Any``: base.py imports this module, and the
+# package allows no import cycle, not even one under TYPE_CHECKING.
 #: Mixed into every key so the score's noise is independent of steering's for the same token.
 _SCORE_STREAM = 0x5C0FE11D
 
@@ -128,9 +127,7 @@ class ScoreNoise:
         return self.for_tokens(keys, torch.zeros_like(keys))
 
 
-def _affine_coefficients(
-    prior: DiffusionPrior, t: float, device: torch.device
-) -> tuple[float, float]:
+def _affine_coefficients(prior: Any, t: float, device: torch.device) -> tuple[float, float]:
     """``(a, s)`` of the design's ``add_noise(z, eps, t) = a z + s eps`` (both designs are affine),
     read off two one-element calls instead of assuming a schedule."""
     one = torch.ones(1, 1, device=device, dtype=torch.float32)
@@ -141,7 +138,7 @@ def _affine_coefficients(
 
 @torch.no_grad()
 def manifold_score(
-    prior: DiffusionPrior,
+    prior: Any,
     x: Float[Tensor, "*batch d_model"],
     config: ScoreConfig,
     noise: Float[Tensor, "*batch levels d_model"] | None = None,
