@@ -292,6 +292,13 @@ def add_first_permanent_hook(point: HookPoint, hook: Callable) -> object:
     return point.fwd_hooks[0]
 
 
+def add_last_permanent_hook(point: HookPoint, hook: Callable) -> object:
+    """Add ``hook`` to ``point`` after every hook already there, surviving ``reset_hooks()``
+    (hooks added later run after it); returns the handle for :func:`remove_hook`."""
+    point.add_hook(hook, dir="fwd", is_permanent=True)
+    return point.fwd_hooks[-1]
+
+
 def remove_hook(point: HookPoint, handle: object) -> None:
     """Remove exactly the hook behind ``handle`` (added by :func:`add_first_permanent_hook`)."""
     handle.hook.remove()
