@@ -9,6 +9,14 @@ WEIGHTS_NAME = "model.safetensors"
 TRAINING_RECORD_NAME = "training.json"
 # Beside the weights: file name -> sha256 of its bytes, checked on load (core.integrity).
 CHECKSUMS_NAME = "checksums.json"
+# The model card save_pretrained writes beside a prior's weights (provenance, format, usage).
+MODEL_CARD_NAME = "README.md"
+# The paper's released GLP checkpoint folders (generative_latent_prior): an OmegaConf config, the
+# weights as <checkpoint>.safetensors (final, or checkpoints/epoch_N), and pickled statistics.
+GLP_CONFIG_NAME = "config.yaml"
+GLP_STATS_NAME = "rep_statistics.pt"
+GLP_FINAL_CHECKPOINT = "final"
+GLP_CHECKPOINTS_DIRNAME = "checkpoints"
 # SAELens's own files of a saved SAE (sae_lens.constants), beside ours in an SAELens baseline.
 SAE_LENS_CFG_NAME = "cfg.json"
 SAE_LENS_WEIGHTS_NAME = "sae_weights.safetensors"
@@ -61,3 +69,5 @@ DEFAULT_HOOK = f"blocks.{DEFAULT_LAYER}.hook_resid_post"
 
 CACHE_ENV_VAR = "TL_DIFFUSION_PRIOR_CACHE"
 QUICK_ENV_VAR = "TL_DIFFUSION_PRIOR_QUICK"
+# huggingface_hub's switch for working from its cache only (read when a prior is loaded by name).
+HF_HUB_OFFLINE_ENV_VAR = "HF_HUB_OFFLINE"

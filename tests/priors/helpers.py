@@ -20,6 +20,7 @@ TINY_D_MODEL = 24
 # Per-architecture overrides for tiny priors (d_model, hook_name and model_name are filled in).
 TINY_CONFIGS: dict[str, dict] = {
     "mlp": dict(depth=2, d_hidden=32, d_mlp=48, time_embed_dim=16, d_time=16, sample_steps=8),
+    "glp": dict(depth=2, d_hidden=32, d_mlp=48, layers=(0,), sample_steps=8),
     "unet": dict(
         unet=dict(
             block_out_channels=[8, 16],

@@ -14,6 +14,7 @@ from tl_diffusion_prior.constants import (
     DEFAULT_MODEL_NAME,
     LOSS_CSV_NAME,
     LOSS_PNG_NAME,
+    MODEL_CARD_NAME,
     PLOTS_DIRNAME,
     REPORT_JSON_NAME,
     REPORT_MD_NAME,
@@ -68,7 +69,7 @@ def add_overwrite_argument(parser: argparse.ArgumentParser, what: str) -> None:
 
 def is_prior_dir(path: Path) -> bool:
     """Whether ``path`` is a prior saved by ``train`` (or ``save_pretrained``) and nothing else."""
-    extra = (TRAINING_RECORD_NAME, CHECKSUMS_NAME, LOSS_CSV_NAME, LOSS_PNG_NAME)
+    extra = (TRAINING_RECORD_NAME, CHECKSUMS_NAME, MODEL_CARD_NAME, LOSS_CSV_NAME, LOSS_PNG_NAME)
     return is_pretrained_dir(path, "architecture", PRIOR_REGISTRY, extra)
 
 

@@ -15,6 +15,8 @@ directory holding
   on load (``verify=False`` skips it, for speed), so a flipped byte in the weights is an error that
   names the file. It is a file of its own because the config describes the constructor only and a
   file cannot hold its own checksum. Saves from before it existed have none and load unchecked.
+* ``README.md`` (priors, whose config requires provenance): a model card built from the config and
+  the training record (:mod:`~tl_diffusion_prior.core.model_card`); informational, never read.
 
 Loading also refuses NaN/inf in any floating-point tensor (weights, normaliser statistics, fitted
 buffers), naming the tensor and the file: one NaN weight would make every output NaN.
@@ -41,16 +43,19 @@ from torch import nn
 from tl_diffusion_prior.constants import (
     CONFIG_NAME,
     FORMAT_VERSION,
+    MODEL_CARD_NAME,
     TRAINING_RECORD_NAME,
     WEIGHTS_NAME,
 )
 from tl_diffusion_prior.core.config import ConfigBase, check_format_version
 from tl_diffusion_prior.core.integrity import check_finite, verify_checksums, write_checksums
+from tl_diffusion_prior.core.model_card import build_model_card
 from tl_diffusion_prior.core.normalizer import Normalizer
 from tl_diffusion_prior.core.serialization import (
     atomic_directory,
     atomic_save_safetensors,
     atomic_write_json,
+    atomic_write_text,
     load_state_dict_checked,
     read_json,
 )
@@ -262,10 +267,26 @@ class PretrainedModule(nn.Module):
                 f"record must be JSON-serialisable (it is saved as {TRAINING_RECORD_NAME}): {exc}"
             ) from exc
 
+    def model_card(self) -> str | None:
+        """The ``README.md`` :meth:`save_pretrained` writes, or None for none.
+
+        Modules whose config requires provenance (priors: a hook and a source model) get a card;
+        baselines, whose provenance is optional, get none.
+        """
+        if not self.config.require_provenance:
+            return None
+        return build_model_card(
+            self.config.to_dict(),
+            self.config.registry_key,
+            self.training_record,
+            sum(p.numel() for p in self.parameters()),
+            self.config.saved_object,
+        )
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json``, ``model.safetensors`` (the whole state dict), when there is
-        one, the training record (``training.json``), and the weights' ``checksums.json``,
-        atomically.
+        one, the training record (``training.json``), the model card (``README.md``, see
+        :meth:`model_card`) and the weights' ``checksums.json``, atomically.
 
         The directory is built next to ``directory`` and swapped in at the end, so an existing
         save is replaced only by a complete one.
@@ -278,6 +299,9 @@ class PretrainedModule(nn.Module):
             atomic_save_safetensors(tmp / WEIGHTS_NAME, tensors, metadata=meta)
             if self.training_record:
                 atomic_write_json(tmp / TRAINING_RECORD_NAME, self.training_record)
+            card = self.model_card()
+            if card is not None:
+                atomic_write_text(tmp / MODEL_CARD_NAME, card)
             write_checksums(tmp, [WEIGHTS_NAME])
 
     @classmethod
