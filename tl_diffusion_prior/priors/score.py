@@ -52,6 +52,7 @@ from tl_diffusion_prior.core.validation import check_choice, check_float
 
 # ``prior`` arguments are DiffusionPriors, annotated ``Any``: base.py imports this module, and the
 # package allows no import cycle, not even one under TYPE_CHECKING.
+
 #: Mixed into every key so the score's noise is independent of steering's for the same token.
 _SCORE_STREAM = 0x5C0FE11D
 
