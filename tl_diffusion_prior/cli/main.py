@@ -1,4 +1,4 @@
-"""The ``tl-diffusion-prior`` command line: demo, capture, train, steer, eval.
+"""The ``tl-diffusion-prior`` command line: demo, capture, train, steer, eval, score.
 
 Exit codes: 0 on success; 2 for a mistake in what was asked (an option argparse refuses, or an
 argument, file or path the package refuses: one ``error:`` line on stderr says what was wrong and
@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import torch
 
-from tl_diffusion_prior.cli import capture, common, demo, steer, train
+from tl_diffusion_prior.cli import capture, common, demo, score, steer, train
 from tl_diffusion_prior.cli import eval as eval_command
 
 PROG = "tl-diffusion-prior"
@@ -54,6 +54,11 @@ SUBCOMMANDS: dict[
         "evaluate priors against baselines",
         eval_command.add_eval_arguments,
         eval_command.run_eval,
+    ),
+    "score": (
+        "print and plot the prior's per-token manifold score of texts",
+        score.add_score_arguments,
+        score.run_score,
     ),
 }
 
