@@ -9,7 +9,7 @@ def test_help_lists_every_subcommand(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("demo", "capture", "train", "steer", "eval"):
+    for command in ("demo", "capture", "train", "steer", "eval", "score"):
         assert command in out
 
 

@@ -96,6 +96,21 @@ def test_a_token_scores_the_same_alone_and_in_any_batch(tiny_model):
     assert not torch.allclose(mixed[SCORE][0, 1:], alone[SCORE][0, 1:])
 
 
+def test_left_padding_is_not_scored_and_shifts_no_score(tiny_model):
+    prompt, prior = _tokens(1, 5), _prior(tiny_model)
+    padded = torch.cat([torch.zeros(1, 2, dtype=torch.long), prompt], dim=1)
+    mask = torch.ones_like(padded)
+    mask[0, :2] = 0
+    seen = []
+    with monitor(tiny_model, HOOK, prior):
+        with tiny_model.hooks(fwd_hooks=[(SCORE, lambda x, hook: seen.append(x))]):
+            tiny_model(prompt)
+            tiny_model(padded, attention_mask=mask)
+    alone, shifted = seen
+    assert bool(shifted[0, :3].isnan().all())  # two pads and the first real token
+    torch.testing.assert_close(shifted[:, 2:], alone, rtol=1e-4, atol=1e-5, equal_nan=True)
+
+
 def test_with_steer_scores_the_steered_and_the_denoised_activation(tiny_model):
     tokens, prior = _tokens(), _prior(tiny_model)
     vector = torch.randn(64, generator=torch.Generator().manual_seed(1))
