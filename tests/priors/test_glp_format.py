@@ -49,6 +49,11 @@ def test_config_maps_layer_to_hook_and_sizes(tmp_path):
     cfg = prior.config
     assert cfg.hook_name == "blocks.7.hook_resid_post" and cfg.layers == (7,) and cfg.layer == 7
     assert cfg.model_name == "meta-llama/Llama-3.2-1B"
+    # A HookedTransformer names it Llama-3.2-1B, a TransformerBridge meta-llama/Llama-3.2-1B.
+    for name in ("Llama-3.2-1B", "meta-llama/Llama-3.2-1B"):
+        prior.check_compatible(hook_name="blocks.7.hook_resid_post", model_name=name)
+    with pytest.raises(ValueError, match="trained on 'meta-llama/Llama-3.2-1B' activations"):
+        prior.check_compatible(model_name="Llama-3.2-3B")
     assert (cfg.d_model, cfg.d_hidden, cfg.d_mlp, cfg.depth) == (6, 12, 16, 2)
     assert cfg.layer_positions is None and not prior.training
     assert prior.dtype == torch.float32

@@ -258,9 +258,18 @@ class GLPPrior(DiffusionPrior):
         view.record_training(self.training_record)
         return view.train(self.training)
 
-    def check_compatible(self, **kwargs) -> None:
+    def check_compatible(self, *, model_name: str | None = None, **kwargs) -> None:
+        """:meth:`DiffusionPrior.check_compatible`, after checking a layer is picked.
+
+        The release names its model by its Hugging Face id (``meta-llama/Llama-3.2-1B``); a
+        ``HookedTransformer``'s ``cfg.model_name`` drops the organisation (``Llama-3.2-1B``) and a
+        ``TransformerBridge``'s keeps it, so the names are compared without it.
+        """
         self._require_layer()
-        super().check_compatible(**kwargs)
+        own = self.config.model_name
+        if model_name is not None and model_name.rsplit("/", 1)[-1] == own.rsplit("/", 1)[-1]:
+            model_name = own
+        super().check_compatible(model_name=model_name, **kwargs)
 
     def _require_layer(self) -> None:
         if self.config.layer is None:
