@@ -96,7 +96,7 @@ def test_one_step_and_truncation(files, capsys):
     argv = ["score", "--prior", prior, "--text-file", text, "--whole-file", "--max-tokens", "5"]
     assert main([*argv, "--method", "one_step"]) == 0
     out = capsys.readouterr().out
-    assert "one_step at t = 0.1," in out and "(truncated): 4 tokens scored" in out
+    assert "one_step at t = 0.25," in out and "(truncated): 4 tokens scored" in out
 
 
 @pytest.mark.parametrize(

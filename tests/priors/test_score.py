@@ -85,10 +85,10 @@ def test_off_manifold_activations_score_higher(trained):
     gaussian = manifold.gaussian_fit_samples(data, 400, gen)  # same mean and covariance
     pushed = on + 0.3 * data.std(0) * torch.randn(on.shape, generator=gen)
     with single_thread():
-        for method in ("elbo", "one_step"):
+        for method, least in (("elbo", 0.97), ("one_step", 0.95)):
             score_on = prior.score(on, method)
-            assert _auroc(score_on, prior.score(gaussian, method)) > 0.97, method
-            assert _auroc(score_on, prior.score(pushed, method)) > 0.97, method
+            assert _auroc(score_on, prior.score(gaussian, method)) > least, method
+            assert _auroc(score_on, prior.score(pushed, method)) > least, method
         # The score orders off-manifold points by their distance to the manifold.
         distance = manifold.distance_to_manifold(gaussian)
         ranks = torch.stack(
@@ -129,7 +129,7 @@ def test_config_needs_a_sequence_of_levels():
     with pytest.raises(TypeError):  # the type checker or our own check, whichever runs first
         ScoreConfig(levels=0.5)
     assert ScoreConfig(levels=[0.2, 0.3]).levels == (0.2, 0.3)
-    assert ScoreConfig(method="one_step").levels == (0.1,)
+    assert ScoreConfig(method="one_step").levels == (0.25,)
 
 
 def test_wrong_width_is_refused():

@@ -60,7 +60,7 @@ def add_score_arguments(parser: argparse.ArgumentParser) -> None:
         "--levels",
         type=float,
         nargs="+",
-        help="noise levels t in (0, 1) (default: 0.1 0.25 0.5 for elbo, 0.1 for one_step)",
+        help="noise levels t in (0, 1) (default: 0.1 0.25 0.5 for elbo, 0.25 for one_step)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the score's noise")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokens per text, BOS included")
