@@ -62,8 +62,8 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         action="append",
         required=True,
         metavar="DIR",
-        help="a prior saved with save_pretrained, or 'default' for the shipped prior; repeat "
-        "for several",
+        help="a prior saved with save_pretrained, 'default' for the shipped prior, or a Hugging "
+        "Face Hub name org/name[@revision]; repeat for several",
     )
     parser.add_argument("--out", required=True, metavar="REPORT_DIR", help="report directory")
     add_overwrite_argument(parser, "a report")

@@ -40,7 +40,8 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prior",
         required=True,
-        help="directory of a saved prior, or 'default' for the shipped prior",
+        help="directory of a saved prior, 'default' for the shipped prior, or a Hugging Face Hub "
+        "name org/name[@revision] (our format or the paper's release)",
     )
     parser.add_argument(
         "--positive", action="append", required=True, help="a prompt with the concept (repeat)"
