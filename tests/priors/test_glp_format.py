@@ -54,6 +54,13 @@ def test_config_maps_layer_to_hook_and_sizes(tmp_path):
         prior.check_compatible(hook_name="blocks.7.hook_resid_post", model_name=name)
     with pytest.raises(ValueError, match="trained on 'meta-llama/Llama-3.2-1B' activations"):
         prior.check_compatible(model_name="Llama-3.2-3B")
+    # The 8B release names the model by its old hub id, TransformerLens by the new one.
+    config = release_config(model_name="meta-llama/Meta-Llama-3.1-8B")
+    llama8b = load_prior(write_release(tmp_path / "8b", config))
+    for name in ("Llama-3.1-8B", "meta-llama/Llama-3.1-8B", "Meta-Llama-3.1-8B"):
+        llama8b.check_compatible(model_name=name)
+    with pytest.raises(ValueError, match="not 'Llama-3.1-70B'"):
+        llama8b.check_compatible(model_name="Llama-3.1-70B")
     assert (cfg.d_model, cfg.d_hidden, cfg.d_mlp, cfg.depth) == (6, 12, 16, 2)
     assert cfg.layer_positions is None and not prior.training
     assert prior.dtype == torch.float32

@@ -167,6 +167,13 @@ class GLPPriorConfig(PriorConfig):
         )
 
 
+def _plain_model_name(name: str) -> str:
+    """``org/Meta-Llama-3.1-8B`` -> ``llama-3.1-8b``: the name without organisation, case or the
+    Hub's renamed ``Meta-`` prefix of Llama 3.1."""
+    plain = name.rsplit("/", 1)[-1].lower()
+    return plain.removeprefix("meta-") if plain.startswith("meta-llama-3.1") else plain
+
+
 class LayerStatistics(Float32BuffersMixin):
     """Every covered layer's normaliser mean and ``std = sqrt(var + eps)``, float32, [layers, d]."""
 
@@ -263,11 +270,13 @@ class GLPPrior(DiffusionPrior):
 
         The release names its model by its Hugging Face id (``meta-llama/Llama-3.2-1B``); a
         ``HookedTransformer``'s ``cfg.model_name`` drops the organisation (``Llama-3.2-1B``) and a
-        ``TransformerBridge``'s keeps it, so the names are compared without it.
+        ``TransformerBridge``'s keeps it, so the names are compared without it, and without the
+        ``Meta-`` the Hub dropped when it renamed ``Meta-Llama-3.1-*`` to ``Llama-3.1-*`` (the 8B
+        release says ``meta-llama/Meta-Llama-3.1-8B``, TransformerLens ``Llama-3.1-8B``).
         """
         self._require_layer()
         own = self.config.model_name
-        if model_name is not None and model_name.rsplit("/", 1)[-1] == own.rsplit("/", 1)[-1]:
+        if model_name is not None and _plain_model_name(model_name) == _plain_model_name(own):
             model_name = own
         super().check_compatible(model_name=model_name, **kwargs)
 

@@ -119,8 +119,11 @@ def read_glp_config(directory: str | os.PathLike) -> tuple[GLPPriorConfig, dict[
     layers, point = _layers_and_hook_point(directory, trace)
     positions = denoiser.get("multi_layer_n_layers")
     model_name = data.get("model_name")
-    if not isinstance(model_name, str) or not model_name:
-        raise _fail(directory, f"model_name must name the source model, got {model_name!r}.")
+    if not isinstance(model_name, str) or not model_name or "${" in model_name:
+        raise _fail(
+            directory,
+            f"model_name must name the source model (its Hugging Face id), got {model_name!r}.",
+        )
     single = positions is None and len(layers) == 1
     try:
         config = GLPPriorConfig(
