@@ -97,6 +97,8 @@ def test_one_step_and_truncation(files, capsys):
     assert main([*argv, "--method", "one_step"]) == 0
     out = capsys.readouterr().out
     assert "one_step at t = 0.25," in out and "(truncated): 4 tokens scored" in out
+    assert main([*argv, "--method", "ode", "--ode-steps", "4"]) == 0
+    assert "score: ode, 4 Euler steps, seed 0 (negative log-likelihood" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -106,6 +108,8 @@ def test_one_step_and_truncation(files, capsys):
         (["--levels", "0.1", "1.5"], "levels"),
         (["--method", "one_step", "--levels", "0.1", "0.2"], "one noise level"),
         (["--max-tokens", "1"], "--max-tokens"),
+        (["--method", "ode", "--levels", "0.5"], "levels=None"),
+        (["--ode-steps", "0"], "ode_steps"),
         (["--plot", "scores.jpg"], "--plot must end in one of"),
         (["--plot", "no/such/folder/scores.png"], "its folder does not exist"),
     ],

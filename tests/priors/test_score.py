@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -110,7 +112,8 @@ def test_seed_to_seed_spread_is_small_against_the_off_manifold_gap(trained):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(method="ode"), ValueError, "method must be one of"),
+        (dict(method="exact"), ValueError, "method must be one of"),
+        (dict(method="ode", levels=(0.5,)), ValueError, "levels=None"),
         (dict(levels=(0.0, 0.5)), ValueError, "levels"),
         (dict(levels=(0.5, 1.0)), ValueError, "levels"),
         (dict(levels=()), ValueError, "at least one"),
@@ -123,6 +126,44 @@ def test_bad_arguments_are_refused_before_any_evaluation(kwargs, error, match):
     prior = build_tiny_prior("mlp")
     with pytest.raises(error, match=match):
         prior.score(_rows(), **kwargs)
+
+
+def test_ode_score_is_the_exact_likelihood_of_a_gaussian_prior():
+    """A fresh MLP prior with the Gaussian skip is exactly the fitted Gaussian's flow (its network
+    output starts at zero), so its ODE likelihood must match the Gaussian's density."""
+    gen = torch.Generator().manual_seed(0)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=gen))
+    eigenvalues = torch.linspace(0.3, 2.0, 8)
+    x = (torch.randn(4000, 8, generator=gen) * eigenvalues.sqrt()) @ q.T * 3 + 5
+    prior = build_tiny_prior("mlp", d_model=8)
+    prior.set_normalization(x.double().mean(0), x.double().var(0))
+    prior.fit_data(x)
+    fit = prior.network.gaussian
+    z = prior.normalizer.normalize(x[:400])
+    coords = (z - fit.mean) @ fit.eigvecs
+    exact = (
+        (coords.square() / fit.eigvals).sum(-1)
+        + fit.eigvals.log().sum()
+        + 8 * math.log(2 * math.pi)
+    )
+    exact = exact / 16  # -log N(z) per dimension
+    ode = prior.score(x[:400], ScoreConfig("ode", ode_steps=32))
+    assert abs(float(ode.mean() / exact.mean()) - 1) < 0.02
+    assert torch.corrcoef(torch.stack([ode, exact]))[0, 1] > 0.8
+    assert torch.equal(prior.score(x[:400], ScoreConfig("ode", ode_steps=32)), ode)
+
+
+def test_ode_score_is_higher_off_manifold_and_needs_a_flow_prior(trained):
+    prior, manifold, data = trained
+    gen = torch.Generator().manual_seed(7)
+    on, gaussian = manifold.sample(200, gen), manifold.gaussian_fit_samples(data, 200, gen)
+    with single_thread():
+        config = ScoreConfig("ode", ode_steps=16)
+        assert _auroc(prior.score(on, config), prior.score(gaussian, config)) > 0.95
+    with pytest.raises(ValueError, match="flow-matching"):
+        build_tiny_prior("unet").score(_rows(), "ode")
+    with pytest.raises(ValueError, match="inside the ScoreConfig"):
+        prior.score(on, config, seed=3)
 
 
 def test_config_needs_a_sequence_of_levels():

@@ -85,6 +85,22 @@ def test_kv_cache_and_recomputation_give_the_same_scores_during_generate(tiny_mo
     )
 
 
+def test_the_ode_score_works_inside_generate_and_inference_mode(tiny_model):
+    tokens, prior = _tokens(ctx=4), _prior(tiny_model)
+    seen = []
+    config = ScoreConfig("ode", ode_steps=3)
+    with monitor(tiny_model, HOOK, prior, config):
+        with tiny_model.hooks(fwd_hooks=[(SCORE, lambda x, hook: seen.append(x))]):
+            greedy(tiny_model, tokens, 2)
+            with torch.inference_mode():
+                tiny_model(tokens)
+    assert [s.shape for s in seen] == [(2, 4), (2, 1), (2, 4)]
+    assert bool(torch.isfinite(seen[0][:, 1:]).all())
+    torch.testing.assert_close(seen[2], seen[0], equal_nan=True)
+    expected = prior.score(tiny_model.run_with_cache(tokens)[1][HOOK][:, 1:], config)
+    assert not torch.allclose(seen[0][:, 1:], expected)  # keyed by token, not by the vector
+
+
 def test_a_token_scores_the_same_alone_and_in_any_batch(tiny_model):
     prompt, prior = _tokens(1, 6), _prior(tiny_model)
     with monitor(tiny_model, HOOK, prior):

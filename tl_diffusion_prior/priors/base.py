@@ -34,7 +34,7 @@ from tl_diffusion_prior.core.fingerprint import model_fingerprint as compute_mod
 from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
 from tl_diffusion_prior.core.validation import check_positive_int
-from tl_diffusion_prior.priors.score import ScoreConfig, manifold_score
+from tl_diffusion_prior.priors.score import ScoreConfig, as_score_config, manifold_score
 
 #: Architecture name -> prior class. Importing :mod:`tl_diffusion_prior.priors` fills it.
 PRIOR_REGISTRY: Registry[DiffusionPrior] = Registry(
@@ -274,15 +274,15 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
     def score(
         self,
         x: Float[Tensor, "*batch d_model"],
-        method: str = "elbo",
+        method: str | ScoreConfig = "elbo",
         *,
         levels: tuple[float, ...] | list[float] | None = None,
         seed: int = 0,
         noise: Tensor | None = None,
     ) -> Float[Tensor, " *batch"]:
-        """Per-vector manifold score of RAW ``x`` (float32; larger = less typical), ``method``
-        "elbo" or "one_step": :mod:`tl_diffusion_prior.priors.score` gives definition and cost."""
-        return manifold_score(self, x, ScoreConfig(method, levels, seed), noise)
+        """Per-vector manifold score of RAW ``x`` (float32; larger = less typical); ``method`` is
+        "elbo", "one_step", "ode" or a ScoreConfig: see :mod:`tl_diffusion_prior.priors.score`."""
+        return manifold_score(self, x, as_score_config(method, levels, seed), noise)
 
     def check_compatible(
         self,

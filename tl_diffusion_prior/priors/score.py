@@ -17,11 +17,15 @@ the low-noise half, where the denoiser's pull towards the manifold decides the e
 add cost but no separation with the shipped prior, whose error there is that of no denoising at
 all (about 1 at ``t = 0.02``). ``method="one_step"`` uses ``t = 0.25`` only, the best single level
 on the shipped prior's activations (noised or shifted along a direction, against clean).
+``method="ode"`` is the exact negative log-likelihood per dimension by the probability-flow ODE
+with a Hutchinson trace (:mod:`~tl_diffusion_prior.priors.score_ode`; flow-matching priors only,
+about 100 evaluations' worth per vector).
 
 **Cost per token:** one prior network evaluation per level: 3 for ``"elbo"``, 1 for
-``"one_step"`` (no integration, no gradients). For the shipped MLP prior (depth 3, width 1152,
-about 13M multiply-adds per evaluation) the default costs about 40M multiply-adds per token: less
-than SmolLM2-135M's 14 blocks after layer 15 (about 49M, the unembedding not counted).
+``"one_step"`` (no integration, no gradients; ``"ode"`` costs ~100). For the shipped MLP prior
+(depth 3, width 1152, about 13M multiply-adds per evaluation) the default costs about 40M
+multiply-adds per token: less than SmolLM2-135M's 14 blocks after layer 15 (about 49M, the
+unembedding not counted).
 
 **Noise:** the score is exactly deterministic given ``seed``. Each vector's noise comes from a
 counter-based hash (:mod:`tl_diffusion_prior.core.counter_noise`) of the seed and of the vector's
@@ -51,7 +55,8 @@ from tl_diffusion_prior.core.counter_noise import (
     fmix32,
     vector_fingerprints,
 )
-from tl_diffusion_prior.core.validation import check_choice, check_float
+from tl_diffusion_prior.core.validation import check_choice, check_float, check_positive_int
+from tl_diffusion_prior.priors.score_ode import ode_nll
 
 # ``prior`` arguments are DiffusionPriors, annotated ``Any``: base.py imports this module, and the
 # package allows no import cycle, not even one under TYPE_CHECKING.
@@ -65,26 +70,38 @@ class ScoreConfig:
     """How the manifold score is computed.
 
     Attributes:
-        method: ``"elbo"`` (the denoising error averaged over ``levels``; the default) or
-            ``"one_step"`` (one level: cheaper, noisier).
+        method: ``"elbo"`` (the denoising error averaged over ``levels``; the default),
+            ``"one_step"`` (one level: cheaper, noisier) or ``"ode"`` (the probability-flow ODE
+            negative log-likelihood, :mod:`~tl_diffusion_prior.priors.score_ode`: flow-matching
+            priors only, about 30x the default's cost).
         levels: Noise levels ``t`` in (0, 1) (0 clean, 1 noise), any sequence (stored as a
             tuple); None takes the method's default (:attr:`DEFAULT_LEVELS`). Each costs one
-            prior evaluation per vector.
+            prior evaluation per vector. ``"ode"`` integrates over all levels and takes none.
         seed: Seed of the noise, any int in [0, 2**63).
+        ode_steps: Euler steps of ``"ode"`` (each one forward and one backward pass).
     """
 
+    METHODS: ClassVar[tuple[str, ...]] = ("elbo", "one_step", "ode")
     DEFAULT_LEVELS: ClassVar[dict[str, tuple[float, ...]]] = {
         "elbo": (0.1, 0.25, 0.5),
         "one_step": (0.25,),
+        "ode": (),
     }
 
     method: str = "elbo"
     levels: Sequence[float] | None = None
     seed: int = 0
+    ode_steps: int = 32
 
     def __post_init__(self) -> None:
-        check_choice("method", self.method, tuple(self.DEFAULT_LEVELS))
+        check_choice("method", self.method, self.METHODS)
         check_seed(self.seed)
+        check_positive_int("ode_steps", self.ode_steps)
+        if self.method == "ode" and self.levels is not None:
+            raise ValueError(
+                f"method='ode' integrates over every noise level; pass levels=None, not "
+                f"{self.levels!r} (ode_steps sets its resolution)."
+            )
         if self.levels is None:
             object.__setattr__(self, "levels", self.DEFAULT_LEVELS[self.method])
         if isinstance(self.levels, str) or not hasattr(self.levels, "__iter__"):
@@ -92,7 +109,7 @@ class ScoreConfig:
         levels = tuple(
             check_float("levels[]", t, 0.0, 1.0, min_open=True, max_open=True) for t in self.levels
         )
-        if not levels:
+        if not levels and self.method != "ode":
             raise ValueError("levels must hold at least one noise level, e.g. (0.1, 0.25, 0.5).")
         if self.method == "one_step" and len(levels) != 1:
             raise ValueError(
@@ -100,6 +117,36 @@ class ScoreConfig:
                 "level or use method='elbo'."
             )
         object.__setattr__(self, "levels", levels)
+
+    @property
+    def noise_vectors(self) -> int:
+        """Standard-normal vectors each scored vector needs: one per level, or the ODE's one
+        Hutchinson probe."""
+        return len(self.levels) or 1
+
+
+def as_score_config(
+    method: str | ScoreConfig, levels: Sequence[float] | None, seed: int
+) -> ScoreConfig:
+    """``method`` if it is a :class:`ScoreConfig` (then ``levels`` must be None and ``seed`` 0,
+    their defaults), else ``ScoreConfig(method, levels, seed)``."""
+    if not isinstance(method, ScoreConfig):
+        return ScoreConfig(method, levels, seed)
+    if levels is not None or seed != 0:
+        raise ValueError(
+            "Pass levels and seed inside the ScoreConfig given as method, not beside it."
+        )
+    return method
+
+
+def check_score_method(prior: Any, config: ScoreConfig) -> None:
+    """Raise ValueError if ``prior``'s design cannot compute ``config.method``."""
+    if config.method == "ode" and not callable(getattr(prior.network, "velocity", None)):
+        raise ValueError(
+            f"method='ode' integrates a flow-matching prior's velocity, and "
+            f"{type(prior).__name__} has none (a DDPM UNet prior predicts noise); use "
+            "method='elbo' or 'one_step'."
+        )
 
 
 class ScoreNoise:
@@ -114,7 +161,7 @@ class ScoreNoise:
     def __init__(
         self, config: ScoreConfig, d_model: int, device: torch.device | str = "cpu"
     ) -> None:
-        self.n_levels = len(config.levels)
+        self.n_levels = config.noise_vectors
         self.d_model = d_model
         self._noise = PositionNoise(config.seed, self.n_levels * d_model, device)
 
@@ -145,7 +192,7 @@ def manifold_score(
     prior: Any,
     x: Float[Tensor, "*batch d_model"],
     config: ScoreConfig,
-    noise: Float[Tensor, "*batch levels d_model"] | None = None,
+    noise: Float[Tensor, "*batch n_noise d_model"] | None = None,
 ) -> Float[Tensor, " *batch"]:
     """The score of each RAW vector of ``x`` (see the module docstring), float32 on ``x``'s device.
 
@@ -153,30 +200,37 @@ def manifold_score(
         prior: The prior whose distribution the vectors are scored against.
         x: Activations of any leading shape.
         config: Method, levels and seed.
-        noise: Standard-normal noise in normalised space, ``x.shape[:-1] + (levels, d_model)``;
-            None draws it from ``config.seed`` and each vector's bits.
+        noise: Standard-normal noise in normalised space, ``x.shape[:-1] + (levels, d_model)``
+            (``(1, d_model)``, the Hutchinson probe, for ``"ode"``); None draws it from
+            ``config.seed`` and each vector's bits.
     """
     prior._check_activations(x, "x")
+    check_score_method(prior, config)
     d_model = prior.config.d_model
-    n_levels = len(config.levels)
+    n_noise = config.noise_vectors
     flat = x.reshape(-1, d_model)
     if noise is None:
         noise = ScoreNoise(config, d_model, flat.device).for_vectors(flat)
     else:
-        expected = (*x.shape[:-1], n_levels, d_model)
+        expected = (*x.shape[:-1], n_noise, d_model)
         if not isinstance(noise, Tensor) or not noise.is_floating_point():
             raise TypeError(f"noise must be a float tensor, got {type(noise).__name__}.")
         if tuple(noise.shape) != expected:
             raise ValueError(
-                f"noise must have shape {expected} (x's leading shape, levels, d_model), got "
+                f"noise must have shape {expected} (x's leading shape, "
+                f"{'probes' if config.method == 'ode' else 'levels'}, d_model), got "
                 f"{tuple(noise.shape)}."
             )
-        noise = noise.reshape(-1, n_levels, d_model)
+        noise = noise.reshape(-1, n_noise, d_model)
     z = prior._to_normalized(flat)
+    if config.method == "ode":
+        probe = noise[:, 0].to(z.device).sign()  # Rademacher: less variance than Gaussian
+        total = ode_nll(prior.network.velocity, z, probe, config.ode_steps, prior.dtype)
+        return total.reshape(x.shape[:-1]).to(x.device)
     total = torch.zeros(z.shape[0], device=z.device, dtype=torch.float32)
     for k, t in enumerate(config.levels):
         a, s = _affine_coefficients(prior, t, z.device)
         z_t = prior.add_noise(z, noise[:, k].to(z.device, z.dtype), t)
         error = prior.posterior_mean(z_t, t).float() - z.float()
         total += (a / s) ** 2 * error.square().mean(dim=-1)
-    return (total / n_levels).reshape(x.shape[:-1]).to(x.device)
+    return (total / len(config.levels)).reshape(x.shape[:-1]).to(x.device)

@@ -57,7 +57,13 @@ from tl_diffusion_prior.core.lens import (
     remove_hook,
 )
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.priors.score import ScoreConfig, ScoreNoise, manifold_score
+from tl_diffusion_prior.priors.score import (
+    ScoreConfig,
+    ScoreNoise,
+    as_score_config,
+    check_score_method,
+    manifold_score,
+)
 from tl_diffusion_prior.steering.positions import PositionTracker
 from tl_diffusion_prior.steering.steer import DENOISED_HOOK, STEERED_HOOK
 
@@ -225,7 +231,7 @@ def attach_monitor(
     model: LensModel,
     hook_name: str,
     prior: DiffusionPrior,
-    method: str = "elbo",
+    method: str | ScoreConfig = "elbo",
     *,
     levels: Sequence[float] | None = None,
     seed: int = 0,
@@ -236,7 +242,8 @@ def attach_monitor(
         model: The LensModel to monitor.
         hook_name: Full residual hook name inside a block, e.g. ``"blocks.15.hook_resid_post"``.
         prior: A :class:`DiffusionPrior` trained on ``hook_name`` of this model.
-        method, levels, seed: The :class:`~tl_diffusion_prior.priors.score.ScoreConfig`.
+        method, levels, seed: The score's settings: a method name with its levels and seed, or a
+            whole :class:`~tl_diffusion_prior.priors.score.ScoreConfig` as ``method``.
 
     Everything is checked before any hook is added: the hook name, the prior's hook, width and
     model, and the score's settings.
@@ -247,7 +254,8 @@ def attach_monitor(
     prior.check_compatible(
         hook_name=hook_name, d_model=model.cfg.d_model, model_name=model.cfg.model_name, model=model
     )
-    config = ScoreConfig(method, levels, seed)
+    config = as_score_config(method, levels, seed)
+    check_score_method(prior, config)
     handle = MonitorHandle(model, hook_name, prior, config)
     handle._attach()
     return handle
@@ -258,7 +266,7 @@ def monitor(
     model: LensModel,
     hook_name: str,
     prior: DiffusionPrior,
-    method: str = "elbo",
+    method: str | ScoreConfig = "elbo",
     *,
     levels: Sequence[float] | None = None,
     seed: int = 0,

@@ -22,6 +22,7 @@ from torch import Tensor
 from tl_diffusion_prior.core.lens import LensModel
 from tl_diffusion_prior.core.validation import check_int
 from tl_diffusion_prior.priors.base import DiffusionPrior
+from tl_diffusion_prior.priors.score import ScoreConfig
 from tl_diffusion_prior.steering.monitor import SCORE_HOOK, monitor
 
 #: Texts whose tokens are written under the plot's x-axis (longer ones get positions only).
@@ -67,7 +68,7 @@ def score_texts(
     prior: DiffusionPrior,
     texts: Sequence[str],
     *,
-    method: str = "elbo",
+    method: str | ScoreConfig = "elbo",
     levels: Sequence[float] | None = None,
     seed: int = 0,
     max_tokens: int = 256,
@@ -78,8 +79,8 @@ def score_texts(
         model: The model the prior was trained on.
         prior: The prior; its ``config.hook_name`` is the hook monitored.
         texts: Non-empty strings, each run on its own with a BOS prepended.
-        method, levels, seed: The score's settings (:class:`~tl_diffusion_prior.priors.score.
-            ScoreConfig`).
+        method, levels, seed: The score's settings: a method name with its levels and seed, or a
+            whole :class:`~tl_diffusion_prior.priors.score.ScoreConfig` as ``method``.
         max_tokens: Longer texts are cut to this many tokens (BOS included), or to the model's
             context length if shorter.
     """
