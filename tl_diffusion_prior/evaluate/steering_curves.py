@@ -48,6 +48,18 @@ class SteeringPoint:
             "extra": {name: ci.to_dict() for name, ci in self.extra.items()},
         }
 
+    @classmethod
+    def from_dict(cls, data: dict) -> SteeringPoint:
+        """The point :meth:`to_dict` wrote (e.g. read back from a results JSON)."""
+        return cls(
+            method=data["method"],
+            scale=float(data["scale"]),
+            concept=ConfidenceInterval(**data["concept"]),
+            fluency=ConfidenceInterval(**data["fluency"]),
+            n=int(data["n"]),
+            extra={name: ConfidenceInterval(**ci) for name, ci in data["extra"].items()},
+        )
+
 
 @dataclass
 class SteeringCurves:
