@@ -2,7 +2,8 @@
 
 The scan reads the source with :mod:`ast` and flags every call of ``torch.load``,
 ``pickle.load``/``loads``, ``Unpickler``, ``numpy.load`` with ``allow_pickle``, and every import
-of ``pickle``, ``dill``, ``joblib`` or ``cloudpickle``. The one allowed call is
+of ``pickle``, ``dill``, ``joblib`` or ``cloudpickle`` (but for an exception class imported from
+one, to catch it). The one allowed call is
 ``torch.load(..., weights_only=True)`` in ``read_statistics`` of ``priors/glp_format.py`` (the
 release's ``rep_statistics.pt``), and there ``weights_only`` must be the literal ``True``.
 """
@@ -51,12 +52,15 @@ def unpickling_sites(root: Path = ROOT) -> list[str]:
         }
         for node in ast.walk(tree):
             where = f"{relative}:{functions.get(node, '<module>')}"
-            if isinstance(node, ast.Import | ast.ImportFrom):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-                names.append(getattr(node, "module", None) or "")
-                bad = sorted({n.split(".")[0] for n in names} & PICKLE_MODULES)
+            if isinstance(node, ast.Import):
+                bad = sorted({a.name.split(".")[0] for a in node.names} & PICKLE_MODULES)
                 if bad:
                     found.append(f"{where}: imports {bad}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "") in PICKLE_MODULES:
+                # Naming an exception class to catch it reads nothing; anything else may.
+                bad = sorted(a.name for a in node.names if not a.name.endswith("Error"))
+                if bad:
+                    found.append(f"{where}: imports {bad} from {node.module}")
             elif isinstance(node, ast.Call):
                 name = _call_name(node)
                 if name in ("torch.load", "torch.serialization.load"):
@@ -96,11 +100,13 @@ def test_the_scan_catches_each_kind_of_unpickling(tmp_path):
         "def other(p):\n    return torch.load(p, weights_only=True)\n"
     )
     (pkg / "c.py").write_text("import numpy as np\nx = np.load('f', allow_pickle=True)\n")
+    (pkg / "d.py").write_text("from pickle import UnpicklingError, loads\n")
     assert unpickling_sites(pkg) == [
         "a.py:<module>: imports ['pickle']",
         "a.py:f: pickle.loads",
         "b.py:g: torch.load (weights_only=False)",
         "c.py:<module>: np.load(allow_pickle=...)",
+        "d.py:<module>: imports ['loads'] from pickle",
         "priors/glp_format.py:read_statistics: torch.load (weights_only=False)",
         "priors/glp_format.py:other: torch.load (weights_only=True)",
     ]

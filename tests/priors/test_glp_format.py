@@ -307,6 +307,18 @@ def test_statistics_pickle_never_runs_code(tmp_path):
     RAN.clear()
 
 
+def test_damaged_files_are_named(tmp_path):
+    folder = write_release(tmp_path / "glp")
+    stats = (folder / "rep_statistics.pt").read_bytes()
+    (folder / "rep_statistics.pt").write_bytes(stats[: len(stats) // 2])
+    with pytest.raises(ValueError, match="rep_statistics.pt could not be read as plain tensors"):
+        load_prior(folder)
+    folder = write_release(tmp_path / "glp2")
+    (folder / "final.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match="final.safetensors is not a readable safetensors file"):
+        load_prior(folder)
+
+
 def test_weights_in_bf16_load_as_float32(tmp_path):
     tensors = {k: v.to(torch.bfloat16) for k, v in release_tensors().items()}
     prior = load_prior(write_release(tmp_path / "glp", tensors=tensors))

@@ -28,11 +28,12 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from pickle import UnpicklingError  # the exception only: nothing here calls pickle
 from typing import Any
 
 import torch
 import yaml
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from tl_diffusion_prior.constants import (
@@ -201,8 +202,10 @@ def check_weight_file(path: Path, config: GLPPriorConfig) -> None:
     try:
         with safe_open(str(path), framework="pt") as f:
             found = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-    except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise ValueError(f"{path} is not a readable safetensors file ({exc}).") from exc
+    except SafetensorError as exc:
+        raise ValueError(
+            f"{path} is not a readable safetensors file ({exc}); download it again."
+        ) from exc
     problems = []
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -232,7 +235,8 @@ def read_statistics(path: Path, config: GLPPriorConfig) -> tuple[Tensor, Tensor]
     """
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # any refusal (non-tensor objects) or damage is reported the same way
+    # UnpicklingError: an object the weights-only reader refuses; the others: a damaged file.
+    except (UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
         raise ValueError(
             f"{path} could not be read as plain tensors ({type(exc).__name__}: {exc}); the "
             "release stores a dict {'mean': tensor, 'var': tensor} and nothing else is loaded."
@@ -344,7 +348,8 @@ def load_glp_checkpoint(
     else:
         prior.layer_stats.set_stats(mean, var)
     check_finite(prior.state_dict(), weights)
-    source = {"path": str(directory), **dict(provenance or {})}
+    # A hub download is named by repository and commit, not by this machine's cache path.
+    source = dict(provenance) if provenance else {"path": str(directory.resolve())}
     source.update(checkpoint=weights.relative_to(directory).as_posix())
     prior.record_training(
         {
