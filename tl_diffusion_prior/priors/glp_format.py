@@ -287,19 +287,23 @@ def checkpoint_file(directory: Path, checkpoint: str) -> Path:
     )
 
 
+# The release's module names -> GLPNetwork's, blocks apart (layer_embed: multi-layer only).
+_RENAMES = {
+    "in_proj": "in_proj",
+    "out_proj": "out_proj",
+    "ln": "final_norm",
+    "time_embed.0": "time_mlp.0",
+    "time_embed.2": "time_mlp.2",
+    "layer_embed.0": "layer_embed.0",
+    "layer_embed.2": "layer_embed.2",
+}
+
+
 def to_network_state_dict(tensors: Mapping[str, Tensor], depth: int) -> dict[str, Tensor]:
     """The release's ``model.*`` tensors under :class:`GLPNetwork`'s names (``gate_up`` is
     ``gate_proj`` stacked over ``up_proj``: the fused layer's first half is the gate)."""
-    renames = {"in_proj": "in_proj", "out_proj": "out_proj", "ln": "final_norm"}
-    renames.update(
-        {
-            f"{e}.{i}": f"{o}.{i}"
-            for e, o in [("time_embed", "time_mlp"), ("layer_embed", "layer_embed")]
-            for i in ("0", "2")
-        }
-    )
     state = {}
-    for theirs, ours in renames.items():
+    for theirs, ours in _RENAMES.items():
         for param in ("weight", "bias"):
             key = f"model.{theirs}.{param}"
             if key in tensors:
