@@ -28,7 +28,7 @@ steering_curves`, with bootstrap intervals over the (concept, prompt) items.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,6 +68,7 @@ def concept_steering_curves(
     seeds: Sequence[int] = (0,),
     sampling: Mapping[str, float] | None = None,
     positions: str = "all",
+    on_items: Callable[[str, float, list[ConceptItem]], None] | None = None,
 ) -> SteeringCurves:
     """Plain steering and steering with each prior, over ``scales``, scored as described above.
 
@@ -87,6 +88,8 @@ def concept_steering_curves(
             such as ``{"temperature": 0.7, "top_p": 0.9}``, with torch's RNG seeded by each seed
             before each batch, so every method samples with the same random numbers.
         positions: Which positions are steered (``SteeringConfig.positions``).
+        on_items: Called with (method, scale, items) after each point's generations, to keep the
+            texts (e.g. to read them or to choose examples).
     """
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
     run = ConceptRun.prepare(
@@ -95,11 +98,17 @@ def concept_steering_curves(
     steer_options = relative_steering_options(reference_norm, t_start, num_steps, seed)
     steer_options["positions"] = positions
 
-    def method_generator(prior: DiffusionPrior | Projection | None):
-        return lambda scale: run.items_at(scale, prior, steer_options)
+    def method_generator(name: str, method: DiffusionPrior | Projection | None):
+        def generate(scale: float) -> list[ConceptItem]:
+            items = run.items_at(scale, method, steer_options)
+            if on_items is not None:
+                on_items(name, scale, items)
+            return items
 
-    generators = {PLAIN: method_generator(None)}
-    generators.update({name: method_generator(prior) for name, prior in priors.items()})
+        return generate
+
+    generators = {PLAIN: method_generator(PLAIN, None)}
+    generators.update({name: method_generator(name, prior) for name, prior in priors.items()})
     return steering_curves(
         generators,
         scales,
