@@ -150,10 +150,11 @@ def check_score_method(prior: Any, config: ScoreConfig) -> None:
 
 
 class ScoreNoise:
-    """The score's standard-normal noise, ``[n, levels, d_model]``, for vectors or for tokens.
+    """The score's standard-normal noise, ``[n, config.noise_vectors, d_model]`` (one vector per
+    level, or the ODE's probe), for vectors or for tokens.
 
     Args:
-        config: The :class:`ScoreConfig` (its seed and number of levels).
+        config: The :class:`ScoreConfig` (its seed and ``noise_vectors``).
         d_model: Width of the scored vectors.
         device: Where the noise is made.
     """
@@ -167,12 +168,12 @@ class ScoreNoise:
 
     def for_tokens(
         self, keys: Int[Tensor, " n"], positions: Int[Tensor, " n"]
-    ) -> Float[Tensor, "n levels d_model"]:
+    ) -> Float[Tensor, "n n_noise d_model"]:
         """Noise keyed by each token's sequence key and position (the monitor's keying)."""
         keys = fmix32((keys.to(torch.int64) & MASK32) ^ _SCORE_STREAM)
         return self._noise(keys, positions).reshape(-1, self.n_levels, self.d_model)
 
-    def for_vectors(self, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n levels d_model"]:
+    def for_vectors(self, x: Float[Tensor, "n d_model"]) -> Float[Tensor, "n n_noise d_model"]:
         """Noise keyed by each vector's exact bits (``prior.score``'s keying)."""
         keys = vector_fingerprints(x)
         return self.for_tokens(keys, torch.zeros_like(keys))

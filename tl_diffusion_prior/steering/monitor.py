@@ -179,6 +179,8 @@ class MonitorHandle:
         batch, n_new, _ = activation.shape
         call = tracker.call_positions(self.layer, batch, n_new)
         device = activation.device
+        # The positions steering may touch are the ones the prior models: real tokens but each
+        # row's first (the BOS / attention sink).
         rows, cols = call.steer_mask("all", device).nonzero(as_tuple=True)
         scores = torch.full((batch, n_new), float("nan"), dtype=torch.float32, device=device)
         if rows.numel():
