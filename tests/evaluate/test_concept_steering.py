@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from tests.lens_kinds import build_tiny_model, tiny_tokenizer
 from tests.priors.helpers import build_tiny_prior
 from tl_diffusion_prior.evaluate.concept_steering import PLAIN, concept_steering_curves
 from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, SteeringConcept
@@ -67,3 +68,47 @@ def test_bad_arguments(tiny_model):
         concept_steering_curves(**common, priors={PLAIN: prior}, scales=(0.1,), reference_norm=1.0)
     with pytest.raises(ValueError, match="at least one concept"):
         concept_steering_curves(**common, priors={}, scales=(0.1,), reference_norm=1.0, concepts=())
+
+
+def test_sampled_seeds_projections_and_kept_texts():
+    model = build_tiny_model(d_vocab=99)  # the character tokenizer's vocabulary
+    if model.tokenizer is None:
+        model.set_tokenizer(tiny_tokenizer())
+    hook = "blocks.1.hook_resid_post"
+    concept = SteeringConcept(
+        "x", positive=("a b c", "d e"), negative=("f g h", "i j"), words=("k",)
+    )
+    kept = {}
+    curves = concept_steering_curves(
+        model,
+        hook,
+        {"erase": lambda x: torch.zeros_like(x)},
+        scales=(0.0, 0.5),
+        reference_norm=5.0,
+        concepts=(concept,),
+        prompts=("one two", "three four five"),
+        max_new_tokens=4,
+        seeds=(0, 1),
+        sampling={"temperature": 1.0},
+        n_resamples=20,
+        on_items=lambda method, scale, items: kept.__setitem__((method, scale), items),
+    )
+    assert set(kept) == {(m, s) for m in (PLAIN, "erase") for s in (0.0, 0.5)}
+    items = kept[(PLAIN, 0.0)]
+    assert all(p.n == 4 for p in curves.points)  # 2 seeds x 2 prompts
+    assert sorted((i.seed, i.prompt_index) for i in items) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # Unsteered and sampled with the baseline's seed: the very same texts, so no lift.
+    assert all(i.lift == 0.0 for i in items)
+    # Two seeds sample differently (at least one prompt's text differs).
+    by_seed = {s: [i.text for i in items if i.seed == s] for s in (0, 1)}
+    assert by_seed[0] != by_seed[1]
+    # Replacing the steered activations by zeros changes the text even at scale 0.
+    erased = [i.text for i in kept[("erase", 0.0)]]
+    assert erased != [i.text for i in items]
+
+
+def test_a_method_must_be_a_prior_or_a_projection(tiny_model):
+    with pytest.raises(TypeError, match="DiffusionPrior or a projection"):
+        concept_steering_curves(
+            tiny_model, "blocks.1.hook_resid_post", {"bad": 3}, scales=(0.1,), reference_norm=1.0
+        )

@@ -55,7 +55,7 @@ PLAIN = "plain steering"
 def concept_steering_curves(
     model: LensModel,
     hook_name: str,
-    priors: Mapping[str, DiffusionPrior | Projection],
+    priors: Mapping[str, Any],  # DiffusionPrior | Projection; checked with clearer errors
     scales: Sequence[float],
     reference_norm: float,
     concepts: Sequence[SteeringConcept] = DEFAULT_CONCEPTS,
@@ -157,7 +157,7 @@ class ConceptItem:
 def check_steering_arguments(
     model: LensModel,
     hook_name: str,
-    priors: Mapping[str, DiffusionPrior | Projection],
+    priors: Mapping[str, Any],  # DiffusionPrior | Projection; checked with clearer errors
     scales: Sequence[float],
     reference_norm: float,
     concepts: Sequence[SteeringConcept],
