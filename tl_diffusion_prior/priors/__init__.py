@@ -20,6 +20,7 @@ from tl_diffusion_prior.priors.glp import GLPPrior, GLPPriorConfig, paper_steeri
 from tl_diffusion_prior.priors.glp_format import load_glp_checkpoint
 from tl_diffusion_prior.priors.loading import load_prior
 from tl_diffusion_prior.priors.mlp import MLPPrior, MLPPriorConfig
+from tl_diffusion_prior.priors.multi_layer import glp_prior_for_hooks
 from tl_diffusion_prior.priors.unet import UNetPrior
 from tl_diffusion_prior.priors.unet_config import UNetPriorConfig
 
@@ -34,6 +35,7 @@ __all__ = [
     "PriorConfig",
     "UNetPrior",
     "UNetPriorConfig",
+    "glp_prior_for_hooks",
     "load_default_prior",
     "load_glp_checkpoint",
     "load_prior",

@@ -23,7 +23,11 @@ differ; the network itself is ``FlowMLP``'s.
 **Multi-layer checkpoints** (``glp-llama1b-d12-multi``) model layers ``0..n-1`` with one network,
 conditioned on the layer. Such a prior holds every layer's statistics; pick a layer with
 :meth:`GLPPrior.at_layer` (``prior.at_layer(7)``), which returns a prior of that layer's hook
-sharing the weights. An unpicked multi-layer prior refuses to denoise, sample or attach, saying so.
+sharing the weights (``prior.at_hook("blocks.7.hook_resid_post")`` does the same from a hook name).
+An unpicked multi-layer prior refuses to denoise, sample or attach, saying so; it trains on rows of
+all its layers at once (:mod:`~tl_diffusion_prior.priors.glp_layers`). A prior trained here may
+cover any increasing subset of ``0 .. layer_positions - 1`` (:func:`~tl_diffusion_prior.priors.
+multi_layer.glp_prior_for_hooks` builds one).
 """
 
 from __future__ import annotations
@@ -37,7 +41,6 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tl_diffusion_prior.core.normalizer import Float32BuffersMixin
 from tl_diffusion_prior.core.validation import check_int, check_positive_int
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
@@ -45,6 +48,7 @@ from tl_diffusion_prior.priors.base import (
     check_cov_eigenvalues,
     register_prior,
 )
+from tl_diffusion_prior.priors.glp_layers import LayerStatistics, check_rows, multi_layer_loss
 from tl_diffusion_prior.priors.glp_network import (
     GLPNetwork,
     euler_sigmas,
@@ -137,12 +141,14 @@ class GLPPriorConfig(PriorConfig):
 
     def _check_multi_layer(self) -> None:
         check_int("layer_positions", self.layer_positions, minimum=2)
-        # The release indexes its statistics and computes the depth with the layer number itself,
-        # so only layers 0..n-1 mean what they say.
-        if list(self.layers) != list(range(self.layer_positions)):
+        # The depth fed to the layer embedding is L / (layer_positions - 1): the release covers
+        # every layer 0..n-1; a prior trained here may cover a subset (e.g. 9, 12, 15, 18 of 30).
+        # Statistics rows follow `layers`, so their order must be fixed: strictly increasing.
+        layers, top = list(self.layers), self.layer_positions - 1
+        if layers != sorted(set(layers)) or layers[-1] > top or len(layers) < 2:
             raise ValueError(
-                f"A multi-layer prior must cover layers 0..{self.layer_positions - 1} "
-                f"(layer_positions={self.layer_positions}), got {list(self.layers)}."
+                f"A multi-layer prior must cover layers 0..{top} or a strictly increasing subset "
+                f"of two or more of them (layer_positions={self.layer_positions}), got {layers}."
             )
         if self.layer is not None and self.layer not in self.layers:
             raise ValueError(f"layer must be one of {list(self.layers)}, got {self.layer}.")
@@ -172,31 +178,6 @@ def _plain_model_name(name: str) -> str:
     Hub's renamed ``Meta-`` prefix of Llama 3.1."""
     plain = name.rsplit("/", 1)[-1].lower()
     return plain.removeprefix("meta-") if plain.startswith("meta-llama-3.1") else plain
-
-
-class LayerStatistics(Float32BuffersMixin):
-    """Every covered layer's normaliser mean and ``std = sqrt(var + eps)``, float32, [layers, d]."""
-
-    mean: Tensor
-    std: Tensor
-
-    def __init__(self, n_layers: int, d_model: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("mean", torch.zeros(n_layers, d_model))
-        self.register_buffer("std", torch.ones(n_layers, d_model))
-
-    def set_stats(
-        self, mean: Float[Tensor, "layers d_model"], var: Float[Tensor, "layers d_model"]
-    ) -> None:
-        if mean.shape != self.mean.shape or var.shape != self.mean.shape:
-            raise ValueError(
-                f"Per-layer mean and var must have shape {tuple(self.mean.shape)}, got "
-                f"{tuple(mean.shape)} and {tuple(var.shape)}."
-            )
-        with torch.no_grad():
-            self.mean.copy_(mean.detach().double())
-            self.std.copy_(torch.sqrt(var.detach().double() + self.eps))
 
 
 @register_prior("glp")
@@ -232,6 +213,41 @@ class GLPPrior(DiffusionPrior):
     @property
     def is_multi_layer(self) -> bool:
         return self.config.layer_positions is not None
+
+    @property
+    def layer_hooks(self) -> tuple[str, ...]:
+        """The hook of every covered layer, in ``layers`` order (a buffer's ``hook_names``)."""
+        return tuple(hook_for_layer(layer, self.config.hook_point) for layer in self.config.layers)
+
+    def at_hook(self, hook_name: str) -> GLPPrior:
+        """:meth:`at_layer` of the layer ``hook_name`` (``blocks.L.<this prior's point>``) names."""
+        match = _HOOK.fullmatch(hook_name) if isinstance(hook_name, str) else None
+        if match is None or match.group(1) == ANY_LAYER or match.group(2) != self.config.hook_point:
+            raise ValueError(
+                f"hook_name must be one of this prior's hooks {list(self.layer_hooks)}, got "
+                f"{hook_name!r}."
+            )
+        return self.at_layer(int(match.group(1)))
+
+    def set_normalization(self, mean: Tensor, var: Tensor) -> None:
+        """Unpicked multi-layer prior: every layer's statistics, ``[layers, d_model]`` in
+        ``layers`` order (a buffer's ``mean(hooks)``/``var(hooks)``); else one hook's ``[d]``."""
+        if self.layer_stats is None or self.config.layer is not None:
+            return super().set_normalization(mean, var)
+        self.layer_stats.set_stats(mean, var)
+        self.normalizer.fitted.fill_(True)  # what the trainer reads as "statistics are set"
+
+    def loss(
+        self, x: Tensor, generator: torch.Generator | None = None, levels: Tensor | None = None
+    ) -> Float[Tensor, ""]:
+        """:meth:`DiffusionPrior.loss`; an unpicked multi-layer prior takes RAW rows of all its
+        layers, ``[batch, layers, d_model]`` (see :func:`~tl_diffusion_prior.priors.glp_layers.
+        multi_layer_loss`: one layer drawn per row, or every layer when ``levels`` is given)."""
+        cfg = self.config
+        if self.layer_stats is None or cfg.layer is not None:
+            return super().loss(x, generator, levels)
+        check_rows(x, levels, len(cfg.layers), cfg.d_model, self.layer_hooks)
+        return multi_layer_loss(self, x, generator, levels)
 
     @property
     def default_sample_steps(self) -> int:
@@ -301,8 +317,12 @@ class GLPPrior(DiffusionPrior):
         z: Float[Tensor, "batch d_model"],
         generator: torch.Generator | None,
         levels: Float[Tensor, " batch"] | None = None,
+        layer_depth: Float[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, ""]:
-        self._require_layer()
+        """``layer_depth``: each row's own layer (multi-layer training); default the picked one."""
+        if layer_depth is None:
+            self._require_layer()
+            layer_depth = self._layer_depth(z.device)
         batch, n = z.shape[0], self.config.num_train_timesteps
         if levels is None:
             levels = torch.rand(batch, generator=generator, device=z.device, dtype=torch.float32)
@@ -311,7 +331,7 @@ class GLPPrior(DiffusionPrior):
         eps = torch.randn(z.shape, generator=generator, device=z.device, dtype=torch.float32)
         x = z.float()
         z_t = ((1.0 - t[:, None]) * x + t[:, None] * eps).to(z.dtype)
-        mods = self.network.time_modulation(t, self._layer_depth(z.device))
+        mods = self.network.time_modulation(t, layer_depth)
         v = self.network(z_t, mods, t)
         return (v.float() - (eps - x)).square().mean()
 

@@ -59,9 +59,12 @@ class GLPNetwork(FlowMLP):
             self.layer_embed = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
 
     def time_modulation(
-        self, t: Float[Tensor, " m"], layer_depth: Float[Tensor, " 1"] | None = None
+        self,
+        t: Float[Tensor, " m"],
+        layer_depth: Float[Tensor, " 1"] | Float[Tensor, " m"] | None = None,
     ) -> Float[Tensor, "depth m d_mlp"]:
-        """Every block's gate scale for noise levels ``t`` (and, multi-layer, one layer depth)."""
+        """Every block's gate scale for noise levels ``t`` (and, multi-layer, one layer depth, or
+        one per level when training rows of several layers in one batch)."""
         dtype = self.in_proj.weight.dtype
         temb = self.time_mlp(sinusoidal_embedding(t, self.time_embed_dim).to(dtype))
         if self.layer_embed is not None:
