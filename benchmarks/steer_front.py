@@ -47,7 +47,7 @@ from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.evaluate.baselines.base import fit_normalizer, load_baseline
 from tl_diffusion_prior.evaluate.baselines.gaussian import GaussianBaseline
 from tl_diffusion_prior.evaluate.concept_steering import PLAIN, concept_steering_curves
-from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS, chat_prompts
 from tl_diffusion_prior.evaluate.front_comparison import (
     calibrated_scale,
     concept_retention,
@@ -76,7 +76,9 @@ def main() -> None:
     norm = reference_norm_from_prior(prior)
     methods = build_methods(args, model, prior, hook)
     concepts = DEFAULT_CONCEPTS[: args.concepts]
-    prompts = chat_prompts(model, DEFAULT_PROMPTS[: args.prompts], args.chat)
+    prompts = DEFAULT_PROMPTS[: args.prompts]
+    if args.chat:
+        prompts = chat_prompts(model.tokenizer, prompts)
     seeds = tuple(range(args.seeds))
     items: dict[str, list] = {}
     start = time.perf_counter()
@@ -164,19 +166,6 @@ def parse_args() -> argparse.Namespace:
         args.concepts, args.prompts, args.seeds, args.max_new_tokens = 2, 2, 1, 8
         args.pca_rows = min(args.pca_rows, 2000)
     return args
-
-
-def chat_prompts(model, prompts, chat: bool) -> list[str]:
-    """The prompts as user turns of the model's chat template (SmolLM2-Instruct answers those;
-    continuing a bare request often ends at once with EOS), or as given."""
-    if not chat:
-        return list(prompts)
-    return [
-        model.tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in prompts
-    ]
 
 
 def build_methods(args: argparse.Namespace, model, prior, hook: str) -> dict:

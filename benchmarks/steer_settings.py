@@ -37,7 +37,7 @@ from tl_diffusion_prior.evaluate.concept_steering import (
     ConceptRun,
     relative_steering_options,
 )
-from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS
+from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS, chat_prompts
 from tl_diffusion_prior.evaluate.stats import bootstrap_ci
 from tl_diffusion_prior.steering import mean_activation_norm, steering_vector
 
@@ -51,12 +51,7 @@ def main() -> None:
     model = load_default_model()
     concepts = DEFAULT_CONCEPTS[: args.concepts]
     requests = DEFAULT_PROMPTS[: args.prompts]
-    prompts = [
-        model.tokenizer.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
-        for p in requests
-    ]
+    prompts = chat_prompts(model.tokenizer, requests)
     rows = []
     settings = [("layer", layer, "all", "pairs4") for layer in args.layers]
     settings += [("positions", args.layer, "generated", "pairs4")]

@@ -211,3 +211,15 @@ DEFAULT_PROMPTS: tuple[str, ...] = (
     "Tell me about your family.",
     "Write the opening of a novel.",
 )
+
+
+def chat_prompts(tokenizer, requests: Sequence[str]) -> list[str]:
+    """``requests`` as user turns of the tokenizer's chat template, ready for the assistant's
+    answer. An instruct model such as SmolLM2-Instruct answers those; continuing a bare request
+    often ends at once with EOS, which makes an empty, unjudgeable text."""
+    return [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": request}], tokenize=False, add_generation_prompt=True
+        )
+        for request in requests
+    ]
