@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -202,15 +203,21 @@ def is_quick() -> bool:
 
 
 def capture_corpus(
-    model, split: str, n_activations: int, ctx: int, hook: str = DEFAULT_HOOK, batch_size: int = 16
+    model,
+    split: str,
+    n_activations: int,
+    ctx: int,
+    hook: str | Sequence[str] = DEFAULT_HOOK,
+    batch_size: int = 16,
 ) -> tuple[ActivationRingBuffer, ActivationCapture, float]:
     """Fill a buffer with ``n_activations`` rows of ``split`` text; returns it, its capture and
-    the seconds it took."""
+    the seconds it took. With several hooks (a multi-layer prior's) each row holds all of them."""
     source = corpus_token_source(model.tokenizer, split=split, batch_size=batch_size, ctx=ctx)
-    buffer = ActivationRingBuffer(n_activations, model.cfg.d_model, [hook], model_device(model))
-    capture = ActivationCapture(model, hook, buffer, CaptureConfig())
+    hooks = [hook] if isinstance(hook, str) else list(hook)
+    buffer = ActivationRingBuffer(n_activations, model.cfg.d_model, hooks, model_device(model))
+    capture = ActivationCapture(model, hooks, buffer, CaptureConfig())
     start = time.perf_counter()
-    fill_buffer(model, source, hook, n_activations, buffer=buffer, capture=capture)
+    fill_buffer(model, source, hooks, n_activations, buffer=buffer, capture=capture)
     return buffer, capture, time.perf_counter() - start
 
 
@@ -224,16 +231,22 @@ def build_priors(model, hook: str = DEFAULT_HOOK) -> dict[str, DiffusionPrior]:
 
 
 def calibrate_steps(
-    prior: DiffusionPrior, buffer, batch_size: int, seconds: float, autocast: str = "auto"
+    prior: DiffusionPrior,
+    buffer,
+    batch_size: int,
+    seconds: float,
+    autocast: str = "auto",
+    hook: int | Sequence[int] = 0,
 ) -> int:
     """Training steps that fit in ``seconds``, from timing a few steps on a throwaway copy
-    (under the trainer's precision for ``autocast``).
+    (under the trainer's precision for ``autocast``) on the buffer's ``hook`` (a multi-layer
+    prior: the sequence of its hooks' indices).
 
     For time-budget benchmarks and tutorials: the result depends on the machine's load, so the
     demo sizes its training in samples instead (``DemoScale.train_samples``).
     """
     probe = copy.deepcopy(prior)
-    probe.set_normalization(buffer.mean(0), buffer.var(0))
+    probe.set_normalization(buffer.mean(hook), buffer.var(hook))
     optimizer = torch.optim.AdamW(probe.parameters(), lr=1e-4)
     generator = torch.Generator(device=buffer.device).manual_seed(0)
     precision = runtime.autocast(TrainConfig(autocast=autocast), buffer.device)
@@ -241,7 +254,7 @@ def calibrate_steps(
     for _ in range(4):
         start = time.perf_counter()
         with precision:
-            loss = probe.loss(buffer.sample(batch_size, generator=generator, hook=0))
+            loss = probe.loss(buffer.sample(batch_size, generator=generator, hook=hook))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

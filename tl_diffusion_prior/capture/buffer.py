@@ -46,6 +46,8 @@ STORAGE_DTYPES = (torch.float32, torch.bfloat16)
 # What ``provenance`` may record, saved as metadata of the same names.
 PROVENANCE_KEYS = (MODEL_NAME_KEY, MODEL_FINGERPRINT_KEY)
 _COUNTERS = ("write_ptr", "n_written", "n_dropped_nonfinite", "n_masked")
+#: One hook (name or slot index) or several, e.g. a multi-layer prior's hooks.
+Hooks = str | int | Sequence[str | int]
 
 
 class ActivationRingBuffer:
@@ -114,7 +116,10 @@ class ActivationRingBuffer:
         hold data until the buffer has wrapped once."""
         return self._storage[: self.capacity]
 
-    def hook_index(self, hook: str | int) -> int:
+    def hook_index(self, hook: Hooks) -> int | list[int]:
+        """The slot of ``hook`` (a name or an index); a sequence gives a list (several hooks)."""
+        if isinstance(hook, list | tuple):
+            return [self.hook_index(h) for h in hook]
         if isinstance(hook, int):
             if not 0 <= hook < self.n_hooks:
                 raise ValueError(f"hook index {hook} out of range for {self.n_hooks} hooks.")
@@ -206,11 +211,12 @@ class ActivationRingBuffer:
         self,
         batch_size: int,
         generator: torch.Generator | None = None,
-        hook: str | int | None = None,
+        hook: Hooks | None = None,
     ) -> Float[Tensor, "batch n_hooks d_model"] | Float[Tensor, "batch d_model"]:
         """Draw ``batch_size`` rows uniformly (with replacement) from the filled slots.
 
-        With ``hook`` given, returns that hook's ``[batch, d_model]`` slice.
+        With ``hook`` given, returns that hook's ``[batch, d_model]`` slice (a sequence of hooks:
+        ``[batch, len(hook), d_model]``, for a multi-layer prior).
         """
         check_int("batch_size", batch_size, minimum=1)
         if not self._known_nonempty:
@@ -227,17 +233,17 @@ class ActivationRingBuffer:
             rows = rows[:, self.hook_index(hook)]
         return rows
 
-    def filled_rows(self, hook: str | int | None = None) -> Tensor:
+    def filled_rows(self, hook: Hooks | None = None) -> Tensor:
         """All filled rows in slot order (synchronises once)."""
         rows = self._storage[: self.num_filled]
         return rows if hook is None else rows[:, self.hook_index(hook)]
 
-    def mean(self, hook: str | int | None = None) -> Float[Tensor, "..."]:
+    def mean(self, hook: Hooks | None = None) -> Float[Tensor, "..."]:
         """Per-dimension mean of every accepted row ever pushed (float64)."""
         mean = self.moments.mean
         return mean if hook is None else mean[self.hook_index(hook)]
 
-    def var(self, hook: str | int | None = None) -> Float[Tensor, "..."]:
+    def var(self, hook: Hooks | None = None) -> Float[Tensor, "..."]:
         """Per-dimension population variance of every accepted row ever pushed (float64)."""
         var = self.moments.var()
         return var if hook is None else var[self.hook_index(hook)]

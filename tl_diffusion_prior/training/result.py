@@ -65,7 +65,7 @@ def record_provenance(
     config: TrainConfig,
     result: TrainResult,
     buffer: ActivationRingBuffer,
-    hook: int,
+    hook: int | tuple[int, ...],
     provenance: dict[str, Any] | None,
 ) -> None:
     """Record what the run did, on what and where (plus ``provenance``) in the prior's
@@ -84,7 +84,10 @@ def record_provenance(
         "stopped_reason": result.stopped_reason,
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "device": _describe_device(prior.device),
-        "hook": buffer.hook_names[hook],
+        # A multi-layer prior trained on several of the buffer's hooks records all of them.
+        "hook": [buffer.hook_names[i] for i in hook]
+        if isinstance(hook, tuple)
+        else buffer.hook_names[hook],
         "buffer_capacity": buffer.capacity,
         # The model the rows came from (name, weight fingerprint), compared when the prior is used.
         **buffer.provenance,

@@ -52,7 +52,7 @@ class TrainingRun:
     prior: DiffusionPrior
     buffer: ActivationRingBuffer
     config: TrainConfig
-    hook: int
+    hook: int | tuple[int, ...]
     refill: Callable[[int], Any] | None
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -79,7 +79,7 @@ class TrainingRun:
         buffer: ActivationRingBuffer,
         config: TrainConfig,
         *,
-        hook: int,
+        hook: int | tuple[int, ...],
         refill: Callable[[int], Any] | None,
         state: ckpt.Checkpoint | None,
         val_activations: Tensor | None,

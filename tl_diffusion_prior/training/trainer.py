@@ -37,9 +37,11 @@ from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.training import checkpoint as ckpt
 from tl_diffusion_prior.training.config import TrainConfig
+from tl_diffusion_prior.training.multi_layer import resolve_multi_layer_hooks
 from tl_diffusion_prior.training.result import TrainResult
 from tl_diffusion_prior.training.run import TrainingRun
 from tl_diffusion_prior.training.runtime import derive_seed
+from tl_diffusion_prior.training.validation import validation_rows
 
 # Training rows the Gaussian reference is fitted on, also handed to a design's `fit_data` (the
 # UNet's layout and Gaussian skip).
@@ -61,7 +63,7 @@ def train_prior(
     buffer: ActivationRingBuffer,
     config: TrainConfig,
     *,
-    val_activations: Float[Tensor, "n d_model"] | None = None,
+    val_activations: Float[Tensor, "n d_model"] | Float[Tensor, "n layers d_model"] | None = None,
     refill: Callable[[int], Any] | None = None,
     resume: bool | str | Path = True,
     hook: str | int | None = None,
@@ -75,15 +77,17 @@ def train_prior(
         buffer: the activations; under torchrun each rank passes the buffer of its own shard.
         config: the :class:`TrainConfig`.
         val_activations: held-out raw activations for the validation loss and the Gaussian
-            reference; without them both use a fixed draw of ``config.val_size`` buffer rows
-            (not held out).
+            reference (``[n, layers, d_model]`` for a multi-layer prior, in its layer order);
+            without them both use a fixed draw of ``config.val_size`` buffer rows (not held out).
         refill: called as ``refill(n_rows)`` every ``config.refill_every`` steps (see
             :func:`make_refill`); its ``state_dict()``/``load_state_dict()``, if it has them, are
             checkpointed.
         resume: True continues from the latest checkpoint in ``config.checkpoint_dir`` when there
             is one; False starts fresh and refuses a directory that already holds checkpoints; a
             path resumes from that checkpoint (or the latest one in that run directory).
-        hook: which of the buffer's hooks to train on (default: its only one, or the prior's).
+        hook: which of the buffer's hooks to train on (default: its only one, or the prior's). A
+            multi-layer prior (``GLPPrior`` with no layer picked) trains on all its hooks, which
+            the buffer must hold; leave ``hook`` unset.
         provenance: extra JSON-able facts (corpus, tokens, model) for ``prior.training_record``.
         callback: called with the number of completed steps after each step (after that step's
             checkpoint); an exception it raises interrupts training as a crash would.
@@ -93,7 +97,7 @@ def train_prior(
         ValueError: an empty buffer, mismatched widths or inconsistent resume settings, or a
             checkpoint of another hook, model or set of buffer hooks than ``prior``/``buffer``.
     """
-    hook_index = _check_inputs(prior, buffer, config, hook, refill, provenance)
+    hook_index = _check_inputs(prior, buffer, config, hook, refill, provenance, val_activations)
     state = _resume_state(config, resume, buffer)
     if state is not None:
         check_resume_source(
@@ -129,8 +133,10 @@ def _check_inputs(
     hook: str | int | None,
     refill: Callable[[int], Any] | None,
     provenance: dict[str, Any] | None,
-) -> int:
-    """Refuse inconsistent arguments; returns the index of the buffer hook to train on."""
+    val_activations: Tensor | None = None,
+) -> int | tuple[int, ...]:
+    """Refuse inconsistent arguments; returns the index of the buffer hook to train on (a
+    multi-layer prior: the indices of its hooks)."""
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}.")
     if not isinstance(prior, DiffusionPrior):
@@ -141,6 +147,8 @@ def _check_inputs(
             f"d_model={prior.config.d_model}; build the prior for this model's width."
         )
     hook_index = _resolve_hook(buffer, prior, hook)
+    if val_activations is not None:  # its shape is checked here, before any work
+        validation_rows(buffer, hook_index, val_activations, config, rank=0)
     try:
         json.dumps(provenance)
     except TypeError as exc:
@@ -218,7 +226,7 @@ def check_resume_source(
 def _prepare(
     prior: DiffusionPrior,
     buffer: ActivationRingBuffer,
-    hook: int,
+    hook: int | tuple[int, ...],
     config: TrainConfig,
     state: ckpt.Checkpoint | None,
 ) -> Tensor | None:
@@ -237,7 +245,8 @@ def _prepare(
     fit_rows = buffer.sample(FIT_ROWS, generator=generator, hook=hook)
     if not prior.normalizer.is_fitted:
         prior.set_normalization(*_global_normalization(buffer, hook))
-        prior.fit_data(fit_rows)
+        if not isinstance(hook, tuple):  # a multi-layer GLP fits nothing beyond its statistics
+            prior.fit_data(fit_rows)
         # Each rank fitted on its own rows; rank 0's fit is the one every rank trains.
         distributed.broadcast_buffers_from_main(prior)
     return fit_rows
@@ -246,7 +255,10 @@ def _prepare(
 # ---------------------------------------------------------------------------------- helpers
 def _resolve_hook(
     buffer: ActivationRingBuffer, prior: DiffusionPrior, hook: str | int | None
-) -> int:
+) -> int | tuple[int, ...]:
+    layer_hooks = resolve_multi_layer_hooks(buffer, prior, hook)
+    if layer_hooks is not None:
+        return layer_hooks  # a multi-layer prior reads all its hooks at once
     if hook is not None:
         return buffer.hook_index(hook)
     if buffer.n_hooks == 1:
@@ -259,9 +271,13 @@ def _resolve_hook(
     )
 
 
-def _global_normalization(buffer: ActivationRingBuffer, hook: int) -> tuple[Tensor, Tensor]:
+def _global_normalization(
+    buffer: ActivationRingBuffer, hook: int | tuple[int, ...]
+) -> tuple[Tensor, Tensor]:
+    """The hook's (or hooks', ``[layers, d_model]``) mean and variance over all ranks' rows."""
     if not distributed.is_distributed():
         return buffer.mean(hook), buffer.var(hook)
+    hook = list(hook) if isinstance(hook, tuple) else hook
     # all_reduce rebinds the accumulator's tensors and never writes into them, so a shallow
     # copy leaves the buffer's own (per-rank) statistics untouched.
     moments = copy.copy(buffer.moments)
