@@ -63,3 +63,13 @@ def test_bootstrap_interval_holds_the_auroc_and_widens_with_clustering():
     assert grouped.high - grouped.low > 1.5 * (rows.high - rows.low)
     again = grouped_auroc_ci(scores, labels, doc, n_resamples=400)
     assert (again.low, again.high) == (grouped.low, grouped.high)
+
+
+def test_every_resample_keeps_both_classes_when_positives_are_few_documents():
+    # 2 positive documents among 30: an unstratified resample often draws neither, and a
+    # resample without positives has no AUROC (it would drag the interval's low end to 0).
+    doc = torch.arange(32).repeat_interleave(5)
+    labels = doc < 2
+    scores = labels.double() + torch.linspace(0, 0.5, len(doc))  # separates perfectly
+    interval = grouped_auroc_ci(scores, labels, doc, n_resamples=300)
+    assert (interval.mean, interval.low, interval.high) == (1.0, 1.0, 1.0)

@@ -85,6 +85,18 @@ def _weighted_auroc(
     return num / (pos.sum(dim=1) * neg.sum(dim=1)).clamp_min(1e-300)
 
 
+def _strata(
+    group_index: Int[Tensor, " n"], labels: Bool[Tensor, " n"], n_groups: int
+) -> list[Tensor]:
+    """The groups split by the classes they hold (only positives, only negatives, both): each
+    stratum is resampled on its own, so every resample keeps both classes (a resample without
+    positives has no AUROC) and their numbers of groups."""
+    has_pos = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, group_index[labels], True)
+    has_neg = torch.zeros(n_groups, dtype=torch.bool).index_fill_(0, group_index[~labels], True)
+    kinds = has_pos.long() * 2 + has_neg.long()
+    return [(kinds == kind).nonzero()[:, 0] for kind in (1, 2, 3) if (kinds == kind).any()]
+
+
 def grouped_auroc_ci(
     scores: Float[Tensor, " n"],
     labels: Bool[Tensor, " n"] | Int[Tensor, " n"],
@@ -99,8 +111,9 @@ def grouped_auroc_ci(
         scores: One score per row; positives should score higher.
         labels: True (or 1) for the positive class (e.g. shifted tokens), False for clean ones.
         groups: The cluster each row belongs to (its document); whole clusters are resampled, so
-            a clean token and its shifted copy (same document) travel together. None resamples
-            rows.
+            a clean token and its shifted copy (same document) travel together. Groups with only
+            positives, only negatives and both are resampled separately (a stratified bootstrap,
+            so no resample lacks a class). None resamples rows.
         n_resamples: Bootstrap resamples.
         level: Coverage of the interval.
         seed: Seed of the resampling (the interval is deterministic).
@@ -126,22 +139,20 @@ def grouped_auroc_ci(
         group_index = torch.unique(groups, return_inverse=True)[1]
     n_groups = int(group_index.max()) + 1
     distinct, value_index = torch.unique(scores, return_inverse=True)
-    full = float(
-        _weighted_auroc(
-            value_index,
-            distinct.numel(),
-            labels,
-            torch.ones(1, scores.numel(), dtype=torch.float64),
-        )
-    )
+    ones = torch.ones(1, scores.numel(), dtype=torch.float64)
+    full = float(_weighted_auroc(value_index, distinct.numel(), labels, ones))
+    strata = _strata(group_index, labels, n_groups)
     generator = torch.Generator().manual_seed(seed)
     estimates = []
     block = max(1, 4_000_000 // max(scores.numel(), distinct.numel() * 2))  # bounded memory
     for start in range(0, n_resamples, block):
         size = min(block, n_resamples - start)
-        draws = torch.randint(n_groups, (size, n_groups), generator=generator)
         counts = torch.zeros(size, n_groups, dtype=torch.float64)
-        counts.scatter_add_(1, draws, torch.ones(size, n_groups, dtype=torch.float64))
+        for members in strata:
+            draws = members[
+                torch.randint(members.numel(), (size, members.numel()), generator=generator)
+            ]
+            counts.scatter_add_(1, draws, torch.ones(draws.shape, dtype=torch.float64))
         estimates.append(
             _weighted_auroc(value_index, distinct.numel(), labels, counts[:, group_index])
         )
