@@ -116,3 +116,10 @@ def test_sae_latents_are_the_dense_topk_code():
     assert ((dense != 0).sum(dim=1) <= 3).all()
     code = sae.encode(sae.normalizer.normalize(x))
     assert torch.allclose(dense.gather(1, code.indices), code.values, atol=1e-6)
+
+
+def test_standardized_mean_difference_by_hand():
+    features = torch.tensor([[0.0, 3.0], [2.0, 3.0], [4.0, 3.0], [6.0, 3.0]])
+    labels = torch.tensor([False, False, True, True])
+    # Means 1 and 5, population variances 1 and 1: (5 - 1) / 1; a constant column gives 0.
+    assert standardized_mean_difference(features, labels).tolist() == [4.0, 0.0]

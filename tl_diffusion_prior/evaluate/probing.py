@@ -98,10 +98,12 @@ def standardized_mean_difference(
     features: Float[Tensor, "n k"], labels: Bool[Tensor, " n"]
 ) -> Float[Tensor, " k"]:
     """``(mean(x | 1) - mean(x | 0)) / pooled std`` per column (0 for a constant column)."""
-    x = features.double()
-    pos, neg = x[labels], x[~labels]
-    difference = pos.mean(0) - neg.mean(0)
-    pooled = ((pos.var(0, correction=0) + neg.var(0, correction=0)) / 2).sqrt()
+    # Moments in the features' own dtype: a float64 copy of an [n, d_sae] SAE code would double
+    # the memory, and a ranking needs no more precision.
+    var_pos, mean_pos = torch.var_mean(features[labels], dim=0, correction=0)
+    var_neg, mean_neg = torch.var_mean(features[~labels], dim=0, correction=0)
+    difference = mean_pos.double() - mean_neg.double()
+    pooled = ((var_pos.double() + var_neg.double()) / 2).sqrt()
     return torch.where(pooled > 0, difference / pooled.clamp_min(1e-300), torch.zeros_like(pooled))
 
 
