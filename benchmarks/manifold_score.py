@@ -172,7 +172,7 @@ def plot_token_scores(model, prior, args, heldout_docs, out: Path) -> list[dict]
         FRENCH_GERMAN[0],
         JSON_CSV[3],
     ]
-    results = score_texts(model, prior, texts, method=args.method, max_tokens=80)
+    results = score_texts(model, prior, texts, method=args.method, max_tokens=56)  # labelled
     plot_text_scores(results, out / "token_scores.png", title="manifold score per token")
     return [{"text": r.text[:80], "summary": r.summary()} for r in results]
 
