@@ -7,9 +7,10 @@ inside a quotation, inside parentheses, sentence-initial word, capitalised word 
 digit, line-initial token). For each task and each feature family, the paper's protocol
 (:mod:`tl_diffusion_prior.evaluate.probing`) picks the best single unit by cross-validated AUC on
 training documents and reports its AUC on held-out documents with a bootstrap interval. Families:
-the shipped MLP prior's meta-neurons (inputs of each block's down-projection at ``--t``), the raw
-activation's dimensions, its PCA components (fitted on the probe's training documents), and with
-``--sae DIR`` an SAE's latents. Writes ``report.md`` and ``results.json`` to ``--out``.
+the shipped MLP prior's meta-neurons (inputs of each block's down-projection, one family per
+``--t``), the raw activation's dimensions, its PCA components (fitted on the probe's training
+documents), and with ``--sae DIR`` an SAE's latents. Writes ``report.md`` and ``results.json``
+to ``--out``.
 
     .venv/bin/python benchmarks/meta_neurons.py --out runs/meta_neurons [--sae DIR]
     .venv/bin/python benchmarks/meta_neurons.py --out /tmp/mn_quick --quick   # ~2 min, 1 thread
@@ -53,7 +54,14 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--docs-per-source", type=int, default=30)
     parser.add_argument("--tokens-per-doc", type=int, default=128)
-    parser.add_argument("--t", type=float, default=0.1, help="meta-neurons' noise level")
+    parser.add_argument(
+        "--t",
+        type=float,
+        nargs="+",
+        default=[0.1],
+        help="meta-neurons' noise level(s); each is its own family (paper: u=0.9 of its code, "
+        "t=0.1 here; compare e.g. --t 0.1 0.5, but do not report the better one as the result)",
+    )
     parser.add_argument("--prefilter", type=int, default=512)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--test-fraction", type=float, default=0.3)
@@ -90,7 +98,10 @@ def feature_families(args, prior, rows, train_row_mask) -> tuple[dict, dict]:
     """Family name -> [n, units] features, and the seconds each took."""
     x = rows.activations
     makers = {
-        f"meta-neurons (t={args.t:g})": lambda: meta_neuron_features(prior, x, args.t, args.seed),
+        f"meta-neurons (t={t:g})": lambda t=t: meta_neuron_features(prior, x, t, args.seed)
+        for t in args.t
+    }
+    makers |= {
         "raw dimensions": lambda: x,
         "PCA components": lambda: pca_features(x, x[train_row_mask]),
     }
