@@ -3,6 +3,10 @@
     tl-diffusion-prior train --prior mlp --hook blocks.15.hook_resid_post \\
         --n-activations 200000 --steps 2000 --batch-size 1024 --out runs/mlp
 
+``--hook`` repeated (with ``--prior glp``) trains one multi-layer prior over those layers: every
+buffer row holds all the hooks, each layer is normalised with its own statistics, and the saved
+prior is used at one layer with ``load_prior(out).at_layer(L)``.
+
 Captures ``--n-activations`` rows from the packaged corpus's train split into a ring buffer and
 ``--val-activations`` rows from its held-out split, trains (refilling the buffer with the next
 tokens every ``--refill-every`` steps), and writes the prior with ``save_pretrained(--out)`` plus
@@ -63,7 +67,9 @@ from tl_diffusion_prior.core.serialization import atomic_directory, read_json
 from tl_diffusion_prior.data import TokenSource, models
 from tl_diffusion_prior.data.corpus import corpus_sources
 from tl_diffusion_prior.data.sources import corpus_token_source
-from tl_diffusion_prior.priors import PRIOR_REGISTRY
+from tl_diffusion_prior.priors import PRIOR_REGISTRY, glp_prior_for_hooks
+from tl_diffusion_prior.priors.glp import ANY_LAYER, hook_for_layer
+from tl_diffusion_prior.priors.multi_layer import layers_of_hooks
 from tl_diffusion_prior.recipes import PRIOR_PRESETS, TRAIN_PRESETS
 from tl_diffusion_prior.training import TrainConfig, train_prior
 from tl_diffusion_prior.training.checkpoint import latest_checkpoint
@@ -72,8 +78,13 @@ from tl_diffusion_prior.training.trainer import check_resume_source
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train`` subcommand's options."""
-    parser.add_argument("--prior", default="mlp", help="prior design: mlp or unet")
-    parser.add_argument("--hook", default=DEFAULT_HOOK, help="full TransformerLens hook name")
+    parser.add_argument("--prior", default="mlp", help="prior design: mlp, unet or glp")
+    parser.add_argument(
+        "--hook",
+        action="append",
+        help=f"full TransformerLens hook name (default {DEFAULT_HOOK}); repeat it, with "
+        "--prior glp, for one multi-layer prior over those layers",
+    )
     parser.add_argument("--model", default=DEFAULT_MODEL_NAME, help="TransformerLens model name")
     add_model_kind_argument(parser)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
@@ -175,9 +186,47 @@ def build_train_config(args: argparse.Namespace, checkpoint_dir: str) -> TrainCo
     return TrainConfig(**fields)
 
 
+def train_hooks(args: argparse.Namespace) -> list[str]:
+    """The ``--hook``s (default: :data:`DEFAULT_HOOK`); several need ``--prior glp``."""
+    hooks = [args.hook] if isinstance(args.hook, str) else list(args.hook or [DEFAULT_HOOK])
+    if len(hooks) > 1:
+        if args.prior != "glp":
+            raise ValueError(
+                f"Several --hook ({', '.join(hooks)}) train one multi-layer prior, which is "
+                f"--prior glp, not {args.prior!r}; pass --prior glp, or one --hook."
+            )
+        layers_of_hooks(hooks)  # shallowest first, one point: refused before anything loads
+    return hooks
+
+
+def run_hook_name(args: argparse.Namespace) -> str:
+    """The hook name the prior and its checkpoints record (``blocks.*.<point>`` for several)."""
+    hooks = train_hooks(args)
+    if len(hooks) == 1:
+        return hooks[0]
+    return hook_for_layer(ANY_LAYER, layers_of_hooks(hooks)[1])
+
+
+def build_prior(args: argparse.Namespace, model: Any) -> Any:
+    """The prior to train: ``--prior glp`` from :func:`glp_prior_for_hooks` (one or several
+    hooks; ``--prior-option`` fields are its keyword arguments), else from its config class."""
+    if args.prior != "glp":
+        prior_cls = PRIOR_REGISTRY[args.prior]
+        return prior_cls(build_prior_config(prior_cls, args, model.cfg.d_model))
+    if args.prior_preset is not None:
+        raise ValueError("--prior-preset: the 'glp' prior has no presets.")
+    return glp_prior_for_hooks(
+        train_hooks(args),
+        d_model=model.cfg.d_model,
+        model_name=args.model,
+        n_model_layers=model.cfg.n_layers,
+        **_prior_options(args.prior_option),
+    )
+
+
 def build_prior_config(prior_cls: Any, args: argparse.Namespace, d_model: int) -> Any:
     """The prior's config from ``--prior-preset`` and ``--prior-option``s."""
-    fields = dict(d_model=d_model, hook_name=args.hook, model_name=args.model)
+    fields = dict(d_model=d_model, hook_name=train_hooks(args)[0], model_name=args.model)
     fields.update(_prior_options(args.prior_option))
     if args.prior_preset is None:
         return prior_cls.config_class(**fields)
@@ -211,11 +260,9 @@ def _capture(args: argparse.Namespace, model, env, resuming: bool, n_val: int) -
     heldout_source = corpus_token_source(model.tokenizer, "heldout", **common, **shard)
     capture_config = CaptureConfig(outlier_multiple=args.outlier_multiple)
     dtype = getattr(torch, args.buffer_dtype)
-    buffer = ActivationRingBuffer(
-        n_activations, d_model, [args.hook], device=env.device, dtype=dtype
-    )
-    capture = ActivationCapture(model, [args.hook], buffer, capture_config)
-    hooks, progress = [args.hook], env.is_main
+    hooks, progress = train_hooks(args), env.is_main
+    buffer = ActivationRingBuffer(n_activations, d_model, hooks, device=env.device, dtype=dtype)
+    capture = ActivationCapture(model, hooks, buffer, capture_config)
     start = time.perf_counter()
     if not resuming:
         fill_buffer(
@@ -318,7 +365,8 @@ def _check_disk(
 ) -> None:
     """Refuse, before capturing, a disk that cannot hold the checkpoints and the saved prior."""
     dtype_size = torch.empty((), dtype=getattr(torch, args.buffer_dtype)).element_size()
-    buffer_bytes = _option(args, "n_activations") * prior.config.d_model * dtype_size
+    row_bytes = len(train_hooks(args)) * prior.config.d_model * dtype_size
+    buffer_bytes = _option(args, "n_activations") * row_bytes
     weight_bytes = sum(p.numel() * p.element_size() for p in prior.parameters())
     # A checkpoint holds the buffer, the weights, their EMA and AdamW's two moments; the newest is
     # written before the oldest is pruned; the prior at --out is the weights once more.
@@ -337,7 +385,7 @@ def _check_resumed_checkpoint(args: argparse.Namespace, checkpoint_dir: str) -> 
     before the model loads; the weights' fingerprint is checked once it has)."""
     path = latest_checkpoint(checkpoint_dir)
     meta = read_json(path / CHECKPOINT_META_NAME)
-    check_resume_source(meta, str(path), hook_name=args.hook, model_name=args.model)
+    check_resume_source(meta, str(path), hook_name=run_hook_name(args), model_name=args.model)
     return meta
 
 
@@ -354,6 +402,7 @@ def run_train(args: argparse.Namespace) -> int:
     """Capture, train and save; returns the process exit code."""
     if args.prior not in PRIOR_REGISTRY:
         raise ValueError(f"--prior must be one of {sorted(PRIOR_REGISTRY)}, got {args.prior!r}.")
+    hooks = train_hooks(args)
     # Read now: the code that runs is the code at launch, whatever changes in the tree later.
     code = code_version()
     out, checkpoint_dir, resuming = check_train_outputs(args)
@@ -367,14 +416,12 @@ def run_train(args: argparse.Namespace) -> int:
             check_resume_source(
                 resumed_meta,
                 str(latest_checkpoint(checkpoint_dir)),
-                hook_name=args.hook,
+                hook_name=run_hook_name(args),
                 model_name=args.model,
                 model_fingerprint=model_fingerprint(model),
             )
-        prior_cls = PRIOR_REGISTRY[args.prior]
-        prior_config = build_prior_config(prior_cls, args, model.cfg.d_model)
         torch.manual_seed(args.seed)
-        prior = prior_cls(prior_config).to(env.device)
+        prior = build_prior(args, model).to(env.device)
         say(
             f"{args.prior} prior: {prior.num_parameters:,} parameters; world size "
             f"{env.world_size}, device {env.device}"
@@ -387,13 +434,13 @@ def run_train(args: argparse.Namespace) -> int:
             f"{captured.seconds:.1f} s"
         )
         refill = make_refill(
-            model, captured.train_source, [args.hook], captured.buffer, capture=captured.capture
+            model, captured.train_source, hooks, captured.buffer, capture=captured.capture
         )
         result = train_prior(
             prior,
             captured.buffer,
             config,
-            val_activations=captured.val_buffer.filled_rows(args.hook),
+            val_activations=captured.val_buffer.filled_rows(hooks if len(hooks) > 1 else hooks[0]),
             refill=refill if config.refill_every else None,
             resume=bool(args.resume),
             provenance=_provenance(args, captured, code),
