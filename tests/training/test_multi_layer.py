@@ -66,6 +66,18 @@ def test_trains_with_per_layer_statistics_and_references():
     assert all(s.ratio > 0 for s in scores)
 
 
+def test_single_layer_glp_trains_on_one_hook_of_the_same_buffer():
+    """The benchmark's per-layer baseline: same architecture, one hook of the multi-hook buffer."""
+    torch.manual_seed(0)
+    prior = glp_prior_for_hooks(HOOKS[1:], d_model=D, model_name="tiny-test", depth=1, d_hidden=16)
+    buffer = multi_buffer()
+    val = multi_rows(256, seed=7)[:, 1]
+    result = train_prior(prior, buffer, tiny_config(steps=30), val_activations=val, hook=HOOKS[1])
+    assert result.final_val_loss < result.initial_val_loss
+    torch.testing.assert_close(prior.normalizer.mean, buffer.mean(HOOKS[1]).float())
+    assert prior.training_record["hook"] == HOOKS[1]
+
+
 def test_trained_prior_round_trips_and_its_views_denoise(tmp_path):
     prior = tiny_multi()
     train_prior(prior, multi_buffer(), tiny_config(steps=4))
