@@ -93,6 +93,7 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         seeds=seeds,
         sampling=SAMPLING,
+        positions=args.positions,
         n_resamples=1000,
         on_items=lambda name, scale, found: keep(items, out, name, scale, found),
     )
@@ -107,13 +108,16 @@ def main() -> None:
         "seeds": list(seeds),
         "sampling": SAMPLING,
         "chat_template": args.chat,
+        "positions": args.positions,
         "max_new_tokens": args.max_new_tokens,
         "scales": list(args.scales),
         "methods": {name: describe(method) for name, method in methods.items()},
         "curves": curves.to_dict(),
         "items": {key: [dataclasses.asdict(i) for i in found] for key, found in items.items()},
         "survival": survival(model, hook, methods, concepts, prompts, norm, args.scales),
-        "generation_seconds": generation_time(model, hook, prior, concepts[0], prompts, norm),
+        "generation_seconds": generation_time(
+            model, hook, prior, concepts[0], prompts, norm, args.positions
+        ),
         "benchmark_seconds": seconds,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -139,7 +143,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--out", required=True)
     parser.add_argument("--unet", default=None, help="a saved UNet prior at the same hook")
     parser.add_argument("--sae", default=None, help="a saved SAE baseline at the same hook")
-    parser.add_argument("--pca-k", type=int, default=128)
+    parser.add_argument("--pca-k", type=int, default=128, help="0 leaves PCA out")
+    parser.add_argument(
+        "--positions",
+        choices=["all", "generated"],
+        default="all",
+        help="the steered positions (every method): the whole prompt and the generated tokens, "
+        "or the generated tokens only",
+    )
     parser.add_argument("--pca-rows", type=int, default=30000)
     parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 0.3, 0.6, 1.0])
     parser.add_argument("--concepts", type=int, default=len(DEFAULT_CONCEPTS))
@@ -179,6 +190,8 @@ def build_methods(args: argparse.Namespace, model, prior, hook: str) -> dict:
         sae = SAEReconstructor(load_baseline(args.sae, device=model_device(model)))
         methods["SAE"] = lambda x: sae.reconstruct(x)
         methods["SAE"].setting = {"path": args.sae}
+    if args.pca_k == 0:
+        return methods
     buffer, _, _ = capture_corpus(model, "train", args.pca_rows, ctx=64, hook=hook)
     gaussian = GaussianBaseline.fit(buffer, fit_normalizer(buffer))
     pca = PCAReconstructor(gaussian, args.pca_k)
@@ -228,7 +241,9 @@ def project(method, x: torch.Tensor) -> torch.Tensor:
     return method(x)
 
 
-def generation_time(model, hook, prior, concept, prompts, norm, repeats: int = 3) -> dict:
+def generation_time(
+    model, hook, prior, concept, prompts, norm, positions: str = "all", repeats: int = 3
+) -> dict:
     """Seconds for one batched sampled generation of the prompts (32 tokens), plain and with the
     prior, interleaved ``repeats`` times on this machine; the medians."""
     vector = steering_vector(model, hook, concept.positive, concept.negative)
@@ -239,7 +254,7 @@ def generation_time(model, hook, prior, concept, prompts, norm, repeats: int = 3
             start = time.perf_counter()
             with steer(
                 model, hook, vector, 0.5, with_prior, scale_mode="relative", reference_norm=norm,
-                seed=0,
+                seed=0, positions=positions,
             ):  # fmt: skip
                 model.generate(
                     list(prompts), max_new_tokens=32, do_sample=True, verbose=False,
@@ -263,7 +278,8 @@ def write_report(out: Path) -> None:
         f"docstring). Hook `{results['hook']}`, reference norm {results['reference_norm']:.1f}; "
         f"{len(results['concepts'])} concepts x {results['n_prompts']} prompts x "
         f"{len(results['seeds'])} seeds, sampled ({results['sampling']}), "
-        f"{results['max_new_tokens']} new tokens, chat template {results['chat_template']}. "
+        f"{results['max_new_tokens']} new tokens, chat template {results['chat_template']}, "
+        f"steered positions: {results.get('positions', 'all')}. "
         f"Methods: {results['methods']}.",
         "",
         "Lift: the unsteered model's log-probability of the concept's words after the text, "
