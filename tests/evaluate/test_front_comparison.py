@@ -37,6 +37,17 @@ def test_matched_comparison_interpolates_the_reference_at_the_methods_concept():
     assert found[0.5].verdict == "overlap"
 
 
+def test_the_reference_is_interpolated_along_its_pareto_front_not_in_scale_order():
+    # At r = 1.5 the text is broken: lower concept score than r = 1 and far less fluent. It is
+    # dominated, so a method at concept 1 is compared with 0.8 (halfway 0.9 -> 0.7), not with a
+    # line to the broken point.
+    broken = _point("plain", 1.5, 1.5, 0.05)
+    points = PLAIN + [broken, _point("prior", 0.5, 1.0, 0.6)]
+    (found,) = matched_comparisons(points, "prior", "plain")
+    assert found.reference == pytest.approx((0.8, 0.75, 0.85))
+    assert found.verdict == "worse"
+
+
 def test_matched_comparison_worse_and_outside_the_reference_range():
     points = PLAIN + [_point("sae", 0.5, 2.0, 0.3), _point("sae", 1.0, 5.0, 0.9)]
     found = matched_comparisons(points, "sae", "plain")
@@ -44,9 +55,12 @@ def test_matched_comparison_worse_and_outside_the_reference_range():
 
 
 def test_lower_is_better_flips_the_verdict():
-    points = PLAIN + [_point("prior", 1.0, 3.0, 0.8)]
-    found = matched_comparisons(points, "prior", "plain", higher_is_better=False)
-    assert found[0].verdict == "worse"
+    # An NLL-like score (lower is better) that worsens as the concept rises: 1 -> 2 -> 5.
+    nll = [_point("plain", 0.0, 0.0, 1.0), _point("plain", 0.5, 2.0, 2.0)]
+    nll += [_point("plain", 1.0, 4.0, 5.0), _point("prior", 1.0, 3.0, 2.5)]
+    (found,) = matched_comparisons(nll, "prior", "plain", higher_is_better=False)
+    assert found.reference == pytest.approx((3.5, 3.45, 3.55))
+    assert found.verdict == "better"
 
 
 def test_retention_and_calibrated_scale():

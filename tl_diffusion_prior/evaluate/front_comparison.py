@@ -4,10 +4,14 @@ Comparing two steering methods at the same *scale* is unfair when one of them er
 edit (a projection back onto the manifold keeps the text fluent partly by keeping less of the
 concept). The fair question is: at the concept score a method reaches, is its text more fluent
 than the reference's at that same concept score? :func:`matched_comparisons` answers it by
-interpolating the reference's curve (its points ordered by concept score, linearly between
-neighbours, the interval bounds too) at each of the method's points inside the reference's
-range. A point is ``"better"`` when the method's fluency interval lies wholly above the
-reference's interpolated one, ``"worse"`` when wholly below, else ``"overlap"``.
+interpolating the reference's Pareto front (its points that no other of its points beats in both
+concept and fluency, ordered by concept score, linearly between neighbours, the interval bounds
+too) at each of the method's points inside the front's range. The front, not the curve in scale
+order: the concept score need not rise with the scale (broken text at a large scale can score
+lower than fluent text at a moderate one), and a dominated reference point is not what the
+reference can do at that concept score. A point is ``"better"`` when the method's fluency
+interval lies wholly above the reference's interpolated one, ``"worse"`` when wholly below, else
+``"overlap"``.
 
 :func:`concept_retention` gives the other half of the objection: the fraction of the reference's
 concept shift a method keeps at the same scale. :func:`calibrated_scale` finds, for one method,
@@ -24,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from tl_diffusion_prior.evaluate.curves import pareto_front
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval
 from tl_diffusion_prior.evaluate.steering_curves import SteeringPoint
 
@@ -82,7 +87,9 @@ def matched_comparisons(
 ) -> list[MatchedComparison]:
     """``method``'s points inside the reference's concept range, each against the reference's
     fluency interpolated at the same concept score (see the module docstring)."""
-    curve = sorted(points_of(points, reference), key=lambda p: measure(p, concept).mean)
+    own_points = points_of(points, reference)
+    pairs = [(measure(p, concept).mean, measure(p, fluency).mean) for p in own_points]
+    curve = [own_points[i] for i in pareto_front(pairs, maximize=(True, higher_is_better))]
     xs = [measure(p, concept).mean for p in curve]
     result = []
     for point in points_of(points, method):
