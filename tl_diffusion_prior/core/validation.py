@@ -11,6 +11,8 @@ import math
 from collections.abc import Collection
 from typing import Any, TypeVar
 
+from torch import Tensor
+
 ChoiceT = TypeVar("ChoiceT")
 
 
@@ -93,3 +95,17 @@ def check_choice(
     if value not in options:
         raise _fail(name, f"one of {options}", value, hint)
     return value
+
+
+def check_noise_levels(levels: Any, batch: int) -> None:
+    """``levels`` is None or a float tensor of one training noise level in [0, 1) per row."""
+    if levels is not None and (
+        not isinstance(levels, Tensor)
+        or levels.shape != (batch,)
+        or not levels.is_floating_point()
+        or bool((levels < 0).any() or (levels >= 1).any())
+    ):
+        raise ValueError(
+            "levels must be a float tensor of shape [batch] with values in [0, 1), got "
+            f"{getattr(levels, 'shape', type(levels).__name__)}."
+        )

@@ -33,7 +33,7 @@ from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY
 from tl_diffusion_prior.core.fingerprint import model_fingerprint as compute_model_fingerprint
 from tl_diffusion_prior.core.integrity import check_same_source
 from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
-from tl_diffusion_prior.core.validation import check_positive_int
+from tl_diffusion_prior.core.validation import check_noise_levels, check_positive_int
 from tl_diffusion_prior.priors.score import ScoreConfig, as_score_config, manifold_score
 
 #: Architecture name -> prior class. Importing :mod:`tl_diffusion_prior.priors` fills it.
@@ -200,16 +200,7 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
         self._check_activations(x, "x")
         if x.ndim != 2:
             raise ValueError(f"x must have shape [batch, d_model], got {tuple(x.shape)}.")
-        if levels is not None and (
-            not isinstance(levels, Tensor)
-            or levels.shape != (x.shape[0],)
-            or not levels.is_floating_point()
-            or bool((levels < 0).any() or (levels >= 1).any())
-        ):
-            raise ValueError(
-                "levels must be a float tensor of shape [batch] with values in [0, 1), got "
-                f"{getattr(levels, 'shape', type(levels).__name__)}."
-            )
+        check_noise_levels(levels, x.shape[0])
         z = self._to_normalized(x)
         if levels is not None:
             levels = levels.to(z.device, torch.float32)

@@ -20,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from tl_diffusion_prior.core.normalizer import Float32BuffersMixin
+from tl_diffusion_prior.core.validation import check_noise_levels
 from tl_diffusion_prior.priors.base import DiffusionPrior
 
 
@@ -65,16 +66,7 @@ def check_rows(
             f"{d_model}] (hooks {list(hooks)}, in that order), got {tuple(x.shape)}; sample a "
             "buffer that captured those hooks, or pick one layer with at_layer(L)."
         )
-    if levels is not None and (
-        not isinstance(levels, Tensor)
-        or levels.shape != (x.shape[0],)
-        or not levels.is_floating_point()
-        or bool((levels < 0).any() or (levels >= 1).any())
-    ):
-        raise ValueError(
-            "levels must be a float tensor of shape [batch] with values in [0, 1), got "
-            f"{getattr(levels, 'shape', type(levels).__name__)}."
-        )
+    check_noise_levels(levels, x.shape[0])
 
 
 def multi_layer_loss(
