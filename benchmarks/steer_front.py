@@ -8,6 +8,9 @@ scale ``r`` (the hook adds ``r`` x the reference norm along the vector's unit di
 
 * ``plain steering``: activation addition only;
 * ``MLP prior``: the shipped default prior denoises the steered positions (t_start 0.5, 20 steps);
+  ``--prior-settings`` adds other settings of the same prior as methods of their own, each
+  ``MODE@T``: ``replace@0.5`` is the above, ``edit@0.3`` denoises the edit only
+  (``denoise_mode="edit"``: ``h + D(h + delta) - D(h)``, one noise for both terms) from t = 0.3;
 * ``UNet prior`` (``--unet DIR``): a saved UNet prior at the same hook, same settings;
 * ``SAE`` (``--sae DIR``): the steered positions replaced by an SAE's reconstruction;
 * ``PCA``: replaced by their projection on the top-``--pca-k`` principal components of
@@ -74,7 +77,7 @@ def main() -> None:
     prior = load_default_prior(device=model_device(model))
     hook = prior.config.hook_name
     norm = reference_norm_from_prior(prior)
-    methods = build_methods(args, model, prior, hook)
+    methods, method_options = build_methods(args, model, prior, hook)
     concepts = DEFAULT_CONCEPTS[: args.concepts]
     prompts = DEFAULT_PROMPTS[: args.prompts]
     if args.chat:
@@ -96,6 +99,7 @@ def main() -> None:
         positions=args.positions,
         n_resamples=1000,
         on_items=lambda name, scale, found: keep(items, out, name, scale, found),
+        method_options=method_options,
     )
     seconds = time.perf_counter() - start
     results = {
@@ -111,12 +115,16 @@ def main() -> None:
         "positions": args.positions,
         "max_new_tokens": args.max_new_tokens,
         "scales": list(args.scales),
-        "methods": {name: describe(method) for name, method in methods.items()},
+        "methods": {
+            name: describe(method, method_options.get(name, {})) for name, method in methods.items()
+        },
         "curves": curves.to_dict(),
         "items": {key: [dataclasses.asdict(i) for i in found] for key, found in items.items()},
-        "survival": survival(model, hook, methods, concepts, prompts, norm, args.scales),
+        "survival": survival(
+            model, hook, methods, method_options, concepts, prompts, norm, args.scales
+        ),
         "generation_seconds": generation_time(
-            model, hook, prior, concepts[0], prompts, norm, args.positions
+            model, hook, methods, method_options, concepts[0], prompts, norm, args.positions
         ),
         "benchmark_seconds": seconds,
     }
@@ -144,6 +152,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--unet", default=None, help="a saved UNet prior at the same hook")
     parser.add_argument("--sae", default=None, help="a saved SAE baseline at the same hook")
     parser.add_argument("--pca-k", type=int, default=128, help="0 leaves PCA out")
+    parser.add_argument(
+        "--prior-settings",
+        nargs="+",
+        default=["replace@0.5"],
+        type=prior_setting,
+        help="settings of the MLP prior, each a method: MODE@T with MODE replace (the paper's) or "
+        "edit (denoise only the edit) and T the noise level t_start",
+    )
     parser.add_argument(
         "--positions",
         choices=["all", "generated"],
@@ -179,9 +195,36 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def build_methods(args: argparse.Namespace, model, prior, hook: str) -> dict:
-    """Method name -> prior or projection (plain steering is always included)."""
-    methods: dict = {"MLP prior": prior}
+def prior_setting(text: str) -> tuple[str, float]:
+    """``MODE@T`` -> (denoise mode, t_start)."""
+    mode, _, t = text.partition("@")
+    if mode not in ("replace", "edit") or not t:
+        raise argparse.ArgumentTypeError(f"expected MODE@T with MODE replace or edit, got {text!r}")
+    try:
+        t_start = float(t)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"T must be a number in (0, 1], got {t!r}") from error
+    if not 0.0 < t_start <= 1.0:
+        raise argparse.ArgumentTypeError(f"T must be in (0, 1], got {t!r}")
+    return mode, t_start
+
+
+def prior_method_name(mode: str, t_start: float) -> str:
+    """``MLP prior`` for the paper's setting (the name earlier results use), else with it."""
+    if (mode, t_start) == ("replace", 0.5):
+        return "MLP prior"
+    return f"MLP prior ({mode}, t={t_start:g})"
+
+
+def build_methods(args: argparse.Namespace, model, prior, hook: str) -> tuple[dict, dict]:
+    """Method name -> prior or projection (plain steering is always included), and method name
+    -> its ``steer`` options where they differ from the shared ones."""
+    methods: dict = {}
+    options: dict = {}
+    for mode, t_start in args.prior_settings:
+        name = prior_method_name(mode, t_start)
+        methods[name] = prior
+        options[name] = {"denoise_mode": mode, "t_start": t_start}
     if args.unet:
         unet = load_prior(args.unet, device=model_device(model))
         unet.check_compatible(hook_name=hook, d_model=model.cfg.d_model)
@@ -191,27 +234,29 @@ def build_methods(args: argparse.Namespace, model, prior, hook: str) -> dict:
         methods["SAE"] = lambda x: sae.reconstruct(x)
         methods["SAE"].setting = {"path": args.sae}
     if args.pca_k == 0:
-        return methods
+        return methods, options
     buffer, _, _ = capture_corpus(model, "train", args.pca_rows, ctx=64, hook=hook)
     gaussian = GaussianBaseline.fit(buffer, fit_normalizer(buffer))
     pca = PCAReconstructor(gaussian, args.pca_k)
     methods["PCA"] = lambda x: pca.reconstruct(x)
     methods["PCA"].setting = {"k": args.pca_k, "rows": args.pca_rows}
-    return methods
+    return methods, options
 
 
-def describe(method) -> dict:
+def describe(method, options: dict) -> dict:
     if hasattr(method, "config"):
-        return {"prior": type(method).__name__, "t_start": 0.5, "num_steps": 20}
+        settings = {"t_start": 0.5, "num_steps": 20, "denoise_mode": "replace", **options}
+        return {"prior": type(method).__name__, **settings}
     return dict(getattr(method, "setting", {}))
 
 
 @torch.no_grad()
-def survival(model, hook, methods, concepts, prompts, norm, scales) -> dict:
+def survival(model, hook, methods, method_options, concepts, prompts, norm, scales) -> dict:
     """Per method and scale: the mean component along the unit vector of ``P(x + a v) - P(x)``,
     over ``a`` (1 = the addition survives whole, 0 = erased), on the prompts' activations at the
     hook (first position left out), averaged over concepts. The priors use one fixed noise for
-    both terms, so the difference measures the edit, not the noise."""
+    both terms, so the difference measures the edit, not the noise (it is also exactly what the
+    edit mode adds, so both modes of one prior at one t share a value)."""
     tokens = model.to_tokens(list(prompts), padding_side="left")
     _, cache = model.run_with_cache(tokens, names_filter=[hook])
     mask = tokens != model.tokenizer.pad_token_id
@@ -219,6 +264,7 @@ def survival(model, hook, methods, concepts, prompts, norm, scales) -> dict:
     x = cache[hook][mask].float()
     result: dict = {}
     for name, method in methods.items():
+        t_start = method_options.get(name, {}).get("t_start", 0.5)
         result[name] = {}
         for scale in scales:
             if scale == 0:
@@ -228,33 +274,36 @@ def survival(model, hook, methods, concepts, prompts, norm, scales) -> dict:
                 v = steering_vector(model, hook, concept.positive, concept.negative).float()
                 unit = v / v.norm()
                 added = scale * norm * unit
-                moved = project(method, x + added) - project(method, x)
+                moved = project(method, x + added, t_start) - project(method, x, t_start)
                 kept.append(float((moved @ unit).mean() / (scale * norm)))
             result[name][f"{scale:g}"] = sum(kept) / len(kept)
     return result
 
 
-def project(method, x: torch.Tensor) -> torch.Tensor:
+def project(method, x: torch.Tensor, t_start: float = 0.5) -> torch.Tensor:
     if hasattr(method, "denoise"):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        return method.denoise(x, 0.5, 20, noise=noise)
+        return method.denoise(x, t_start, 20, noise=noise)
     return method(x)
 
 
 def generation_time(
-    model, hook, prior, concept, prompts, norm, positions: str = "all", repeats: int = 3
-) -> dict:
-    """Seconds for one batched sampled generation of the prompts (32 tokens), plain and with the
-    prior, interleaved ``repeats`` times on this machine; the medians."""
+    model, hook, methods, method_options, concept, prompts, norm, positions: str = "all",
+    repeats: int = 3,
+) -> dict:  # fmt: skip
+    """Seconds for one batched sampled generation of the prompts (32 tokens), plain and with each
+    prior setting, interleaved ``repeats`` times on this machine; the medians."""
     vector = steering_vector(model, hook, concept.positive, concept.negative)
-    times: dict[str, list[float]] = {PLAIN: [], "MLP prior": []}
+    timed = {PLAIN: None} | {n: m for n, m in methods.items() if hasattr(m, "denoise")}
+    times: dict[str, list[float]] = {name: [] for name in timed}
     for _ in range(repeats):
-        for name, with_prior in ((PLAIN, None), ("MLP prior", prior)):
+        for name, with_prior in timed.items():
+            options = method_options.get(name, {})
             torch.manual_seed(0)
             start = time.perf_counter()
             with steer(
                 model, hook, vector, 0.5, with_prior, scale_mode="relative", reference_norm=norm,
-                seed=0, positions=positions,
+                seed=0, positions=positions, **options,
             ):  # fmt: skip
                 model.generate(
                     list(prompts), max_new_tokens=32, do_sample=True, verbose=False,
@@ -347,12 +396,13 @@ def target_lines(points, methods, results) -> list[str]:
         verdicts = ", ".join(f"r={c.scale:g}: {c.verdict}" for c in found) or "none in range"
         lines.append(f"- MLP prior vs {method} at matched lift (fluent fraction): {verdicts}.")
     times = results["generation_seconds"]
-    if "MLP prior" in times:
-        lines.append(
-            f"- Generation time with the prior / plain (one batch of the prompts, 32 tokens, "
-            f"median of 3 interleaved): {times['MLP prior']:.1f} s / {times[PLAIN]:.1f} s = "
-            f"{times['MLP prior'] / times[PLAIN]:.2f}x."
-        )
+    for name, seconds in times.items():
+        if name != PLAIN:
+            lines.append(
+                f"- Generation time, {name} / plain (one batch of the prompts, 32 tokens, median "
+                f"of 3 interleaved): {seconds:.1f} s / {times[PLAIN]:.1f} s = "
+                f"{seconds / times[PLAIN]:.2f}x."
+            )
     return lines
 
 

@@ -470,6 +470,7 @@ def compare_generations(
     num_steps: int = 20,
     seed: int = 0,
     positions: str = "all",
+    denoise_mode: str = "replace",
     concept_words: list[str] | None = None,
     concept_lexicon: list[str] | tuple[str, ...] | None = None,
     norm_prompts: list[str] | None = None,
@@ -477,6 +478,8 @@ def compare_generations(
     """Greedy continuations of ``prompt``: unsteered, steered, and steered then denoised by
     ``prior``, all at the prior's hook with the relative scale ``scale``: the hook adds
     ``scale * reference_norm`` along ``vector``'s unit direction (its own norm plays no part).
+    ``denoise_mode`` is the prior's use (``SteeringConfig.denoise_mode``: ``"replace"`` or
+    ``"edit"``).
 
     The reference norm is the prior's (RMS of its normaliser) when it is fitted, else the mean
     activation norm over ``norm_prompts``. Each continuation is scored by its NLL under the
@@ -500,9 +503,10 @@ def compare_generations(
     runs = [("unsteered", generate())]
     with steer(model, hook_name, vector, scale, **common):
         runs.append((f"steered (r={scale:g})", generate()))
-    denoise = dict(t_start=t_start, num_steps=num_steps, seed=seed)
+    denoise = dict(t_start=t_start, num_steps=num_steps, seed=seed, denoise_mode=denoise_mode)
     with steer(model, hook_name, vector, scale, prior, **denoise, **common):
-        runs.append((f"steered + prior (t={t_start:g}, {num_steps} steps)", generate()))
+        label = f"steered + prior ({denoise_mode}, t={t_start:g}, {num_steps} steps)"
+        runs.append((label, generate()))
 
     concept_ids = concept_token_ids(model, concept_words) if concept_words else None
     return GenerationComparison(

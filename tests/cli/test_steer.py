@@ -22,6 +22,11 @@ def test_arguments_and_defaults():
     assert args.positions == "generated" and args.max_new_tokens == 40
     assert args.concept is None and args.lexicon is None
     assert args.prompt == ["x"] and not args.calibrate and args.tolerance == 0.2
+    assert args.denoise_mode == "replace"
+    base = ["--prior", "p", "--positive", "a", "--negative", "c", "--prompt", "x"]
+    assert _parse(base + ["--denoise-mode", "edit"]).denoise_mode == "edit"
+    with pytest.raises(SystemExit):
+        _parse(base + ["--denoise-mode", "difference"])
     with pytest.raises(SystemExit):  # no prompt
         _parse(["--prior", "p", "--positive", "a", "--negative", "c", "--scale", "0.5"])
 
@@ -79,11 +84,12 @@ def test_run_steer_on_the_default_model(tmp_path, capsys, default_model, monkeyp
         ["--prior", str(tmp_path / "prior"), "--positive", "I love weddings and brides"]
         + ["--negative", "I love taxes and forms", "--prompt", "Tell me about your day."]
         + ["--scale", "0.5", "--max-new-tokens", "4", "--num-steps", "2", "--width", "150"]
-        + ["--concept", "wedding,bride", "--lexicon", "marry,honeymoon"]
+        + ["--concept", "wedding,bride", "--lexicon", "marry,honeymoon", "--denoise-mode", "edit"]
     )
     assert run_steer(args) == 0
     out = capsys.readouterr().out
-    for label in ("unsteered: NLL", "steered (r=0.5): NLL", "steered + prior (t=0.5, 2 steps)"):
+    labels = ("unsteered: NLL", "steered (r=0.5): NLL", "steered + prior (edit, t=0.5, 2 steps)")
+    for label in labels:
         assert label in out
     assert "concept" in out and "lexicon words" in out
     assert "adds 120.0 along its direction" in out  # r * sqrt(576 * 100), whatever |vector|

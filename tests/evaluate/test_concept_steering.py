@@ -82,7 +82,7 @@ def test_sampled_seeds_projections_and_kept_texts():
     curves = concept_steering_curves(
         model,
         hook,
-        {"erase": lambda x: torch.zeros_like(x)},
+        {"erase": lambda x: torch.zeros_like(x), "erase, edit": lambda x: torch.zeros_like(x)},
         scales=(0.0, 0.5),
         reference_norm=5.0,
         concepts=(concept,),
@@ -92,8 +92,9 @@ def test_sampled_seeds_projections_and_kept_texts():
         sampling={"temperature": 1.0},
         n_resamples=20,
         on_items=lambda method, scale, items: kept.__setitem__((method, scale), items),
+        method_options={"erase, edit": {"denoise_mode": "edit"}},
     )
-    assert set(kept) == {(m, s) for m in (PLAIN, "erase") for s in (0.0, 0.5)}
+    assert set(kept) == {(m, s) for m in (PLAIN, "erase", "erase, edit") for s in (0.0, 0.5)}
     items = kept[(PLAIN, 0.0)]
     assert all(p.n == 4 for p in curves.points)  # 2 seeds x 2 prompts
     assert sorted((i.seed, i.prompt_index) for i in items) == [(0, 0), (0, 1), (1, 0), (1, 1)]
@@ -105,6 +106,24 @@ def test_sampled_seeds_projections_and_kept_texts():
     # Replacing the steered activations by zeros changes the text even at scale 0.
     erased = [i.text for i in kept[("erase", 0.0)]]
     assert erased != [i.text for i in items]
+    # The same projection in edit mode (h + P(h + delta) - P(h)) leaves scale 0 unsteered.
+    assert [i.text for i in kept[("erase, edit", 0.0)]] == [i.text for i in items]
+
+
+def test_method_options_checked_before_any_generation(tiny_model):
+    common = dict(
+        model=tiny_model,
+        hook_name="blocks.1.hook_resid_post",
+        priors={"p": lambda x: x},
+        scales=(0.1,),
+        reference_norm=1.0,
+    )
+    with pytest.raises(ValueError, match="not among the priors"):
+        concept_steering_curves(**common, method_options={"q": {"t_start": 0.3}})
+    with pytest.raises(ValueError, match="denoise_mode"):
+        concept_steering_curves(**common, method_options={"p": {"denoise_mode": "nope"}})
+    with pytest.raises(TypeError, match="Unknown steering option"):
+        concept_steering_curves(**common, method_options={"p": {"tstart": 0.3}})
 
 
 def test_a_method_must_be_a_prior_or_a_projection(tiny_model):

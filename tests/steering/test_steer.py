@@ -577,3 +577,53 @@ def test_projection_returning_wrong_shape_is_an_error(tiny_model):
     with steer(tiny_model, HOOK, _vector(), 1.0, projection=lambda x: x[:, :-1]):
         with pytest.raises(ValueError, match="input's shape"):
             tiny_model(_tokens())
+
+
+# ------------------------------------------------------------------------------ edit mode
+def test_edit_mode_at_scale_zero_leaves_the_model_unchanged(tiny_model):
+    """``h + D(h) - D(h)``: the prior's own error on the unsteered activation cancels, so the
+    outputs are the unhooked ones (in "replace" mode the same prior changes them)."""
+    tokens = _tokens()
+    clean = tiny_model(tokens)
+    prior = _mlp_prior(tiny_model)
+    with steer(tiny_model, HOOK, _vector(), 0.0, prior, seed=0, denoise_mode="edit"):
+        torch.testing.assert_close(tiny_model(tokens), clean, rtol=0, atol=1e-5)
+    with steer(tiny_model, HOOK, _vector(), 0.0, prior, seed=0):
+        assert not torch.allclose(tiny_model(tokens), clean, atol=1e-3)
+
+
+def test_edit_mode_adds_the_prior_map_of_the_edit_with_one_noise(tiny_model):
+    tokens, v = _tokens(), _vector()
+    prior = _prior(tiny_model)  # D(x) = denormalize(0.5 z + 0.1 noise)
+    _, clean = tiny_model.run_with_cache(tokens, names_filter=[HOOK])
+    with steer(tiny_model, HOOK, v, 3.0, prior, seed=0, denoise_mode="edit"):
+        _, cache = tiny_model.run_with_cache(tokens)
+    (call,) = prior.calls
+    n = call["n"] // 2
+    assert call["n"] == 2 * n and torch.equal(call["noise"][:n], call["noise"][n:])
+    # The noise and the mean cancel in the difference: 0.5 z(h + 3v) - 0.5 z(h) = 0.5 * 3v.
+    expected = clean[HOOK][:, 1:] + 0.5 * 3.0 * v
+    torch.testing.assert_close(cache[DENOISED][:, 1:], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(cache[HOOK][:, 0], clean[HOOK][:, 0])
+
+
+def test_edit_mode_with_a_projection_and_kv_cache(tiny_model):
+    tokens, v = _tokens(2, 5), _vector()
+    project = _drop_direction(_vector(seed=5))
+    _, clean = tiny_model.run_with_cache(tokens, names_filter=[HOOK])
+    with steer(tiny_model, HOOK, v, 3.0, projection=project, denoise_mode="edit"):
+        _, cache = tiny_model.run_with_cache(tokens)
+    # A linear projection P: h + P(h + 3v) - P(h) = h + 3 P(v).
+    expected = clean[HOOK][:, 1:] + 3.0 * project(v)
+    torch.testing.assert_close(cache[DENOISED][:, 1:], expected, rtol=1e-5, atol=1e-4)
+    outputs, prior = [], _mlp_prior(tiny_model)
+    for use_cache in (True, False):
+        with steer(tiny_model, HOOK, v, 2.0, prior, seed=1, denoise_mode="edit"):
+            outputs.append(greedy(tiny_model, tokens, 6, use_cache))
+    assert torch.equal(outputs[0], outputs[1])
+
+
+def test_unknown_denoise_mode_rejected_before_attaching(tiny_model):
+    with pytest.raises(ValueError, match="denoise_mode"):
+        attach_steering(tiny_model, HOOK, _vector(), 1.0, _prior(tiny_model), denoise_mode="diff")
+    assert STEERED not in tiny_model.hook_dict

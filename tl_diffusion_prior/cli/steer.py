@@ -32,6 +32,7 @@ from tl_diffusion_prior.evaluate.text_judge import MAX_FLUENT_NLL
 from tl_diffusion_prior.priors import load_prior, resolve_prior_dir
 from tl_diffusion_prior.recipes import GenerationComparison, compare_generations
 from tl_diffusion_prior.steering import reference_norm_from_prior, steering_vector
+from tl_diffusion_prior.steering.config import DENOISE_MODES
 from tl_diffusion_prior.steering.positions import POSITIONS
 
 
@@ -83,6 +84,13 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--t-start", type=float, default=0.5, help="noise level before denoising")
     parser.add_argument("--num-steps", type=int, default=20, help="prior evaluations per token")
     parser.add_argument("--positions", choices=POSITIONS, default="all")
+    parser.add_argument(
+        "--denoise-mode",
+        choices=DENOISE_MODES,
+        default="replace",
+        help="replace: the prior's denoising of the steered activation (the paper's); edit: the "
+        "model's own activation plus the prior's map of the edit (unchanged at scale 0)",
+    )
     parser.add_argument("--concept", help="comma-separated concept words to score, e.g. 'wedding'")
     parser.add_argument(
         "--lexicon", help="comma-separated held-out concept words to count in the generated text"
@@ -175,6 +183,7 @@ def run_steer(args: argparse.Namespace) -> int:
             num_steps=args.num_steps,
             seed=args.seed,
             positions=args.positions,
+            denoise_mode=args.denoise_mode,
             concept_words=_words(args.concept),
             concept_lexicon=_words(args.lexicon),
             norm_prompts=args.positive + args.negative,
@@ -204,6 +213,7 @@ def _run_calibration(args: argparse.Namespace, model, prior) -> int:
         t_start=args.t_start,
         num_steps=args.num_steps,
         seed=args.seed,
+        denoise_mode=args.denoise_mode,
     )
     print(result.table())
     usable = result.usable_range

@@ -46,6 +46,7 @@ from tl_diffusion_prior.evaluate.fluency import (
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves, steering_curves
 from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors.base import DiffusionPrior
+from tl_diffusion_prior.steering.config import steering_config
 from tl_diffusion_prior.steering.steer import Projection, steer
 from tl_diffusion_prior.steering.vector import steering_vector
 
@@ -69,6 +70,7 @@ def concept_steering_curves(
     sampling: Mapping[str, float] | None = None,
     positions: str = "all",
     on_items: Callable[[str, float, list[ConceptItem]], None] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SteeringCurves:
     """Plain steering and steering with each prior, over ``scales``, scored as described above.
 
@@ -90,17 +92,30 @@ def concept_steering_curves(
         positions: Which positions are steered (``SteeringConfig.positions``).
         on_items: Called with (method, scale, items) after each point's generations, to keep the
             texts (e.g. to read them or to choose examples).
+        method_options: Method name -> ``steer`` keywords that replace the shared ones for that
+            method, e.g. ``{"prior, edit": {"denoise_mode": "edit", "t_start": 0.3}}`` (the same
+            prior may then appear under two names with two settings).
     """
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
+    method_options = dict(method_options or {})
+    unknown = sorted(set(method_options) - set(priors))
+    if unknown:
+        raise ValueError(
+            f"method_options names {unknown}, which are not among the priors {sorted(priors)}."
+        )
+    steer_options = relative_steering_options(reference_norm, t_start, num_steps, seed)
+    steer_options["positions"] = positions
+    for options in method_options.values():  # unknown or invalid options fail before any work
+        steering_config(1.0, None, {**steer_options, **options})
     run = ConceptRun.prepare(
         model, hook_name, concepts, prompts, max_new_tokens, seeds=seeds, sampling=sampling
     )
-    steer_options = relative_steering_options(reference_norm, t_start, num_steps, seed)
-    steer_options["positions"] = positions
 
     def method_generator(name: str, method: DiffusionPrior | Projection | None):
+        options = {**steer_options, **method_options.get(name, {})}
+
         def generate(scale: float) -> list[ConceptItem]:
-            items = run.items_at(scale, method, steer_options)
+            items = run.items_at(scale, method, options)
             if on_items is not None:
                 on_items(name, scale, items)
             return items

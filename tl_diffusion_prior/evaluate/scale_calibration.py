@@ -38,6 +38,7 @@ from tl_diffusion_prior.evaluate.concept_steering import (
 from tl_diffusion_prior.evaluate.concepts import SteeringConcept
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
 from tl_diffusion_prior.priors.base import DiffusionPrior
+from tl_diffusion_prior.steering.config import steering_config
 
 DEFAULT_CALIBRATION_SCALES = (0.1, 0.25, 0.35, 0.5, 0.75, 1.0)
 
@@ -148,6 +149,7 @@ def calibrate_scale(
     t_start: float = 0.5,
     num_steps: int = 20,
     seed: int = 0,
+    denoise_mode: str = "replace",
     n_resamples: int = 1000,
 ) -> ScaleCalibration:
     """Sweep ``scales`` for ``concept`` on ``prompts`` and say which are usable (module docstring).
@@ -162,6 +164,7 @@ def calibrate_scale(
         prior: Denoise the steered activations with this prior (None: plain steering).
         tolerance: Allowed relative drop of the fluent fraction from the unsteered text.
         max_new_tokens / t_start / num_steps / seed: Generation and denoising settings.
+        denoise_mode: How the prior is used (``SteeringConfig.denoise_mode``).
         n_resamples: Bootstrap resamples per interval.
     """
     if not scales or any(not s > 0 for s in scales):
@@ -172,6 +175,8 @@ def calibrate_scale(
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, [concept], prompts)
     run = ConceptRun.prepare(model, hook_name, [concept], prompts, max_new_tokens)
     options = relative_steering_options(reference_norm, t_start, num_steps, seed)
+    options["denoise_mode"] = denoise_mode
+    steering_config(1.0, None, options)  # an invalid setting fails before any generation
     unsteered = run.items_at(0.0, None, options)
     unsteered_fluent = sum(item.fluent for item in unsteered) / len(unsteered)
     texts = {0.0: [item.text for item in unsteered]}

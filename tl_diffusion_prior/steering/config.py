@@ -25,6 +25,7 @@ from tl_diffusion_prior.steering.noise import check_seed
 from tl_diffusion_prior.steering.positions import POSITIONS
 
 SCALE_MODES = ("absolute", "relative")
+DENOISE_MODES = ("replace", "edit")
 
 
 @dataclass
@@ -45,6 +46,12 @@ class SteeringConfig(ConfigBase):
         positions: ``"all"`` (every real position but the first), ``"prompt"`` (those before the
             prompt's end) or ``"generated"`` (the generated ones).
         seed: Seeds the denoising noise; None draws one from torch's global RNG when attaching.
+        denoise_mode: What the prior (or projection) ``D`` does at a steered position ``h``:
+            ``"replace"`` puts ``D(h + delta)`` there (the paper's on-manifold steering);
+            ``"edit"`` puts ``h + D(h + delta) - D(h)`` there, with one noise for both terms: the
+            model's own activation is kept and only the edit is mapped by the prior, so at scale
+            0 nothing changes (the prior's reconstruction error cancels); it costs twice the
+            prior's evaluations.
     """
 
     unknown_keys_label: ClassVar[str] = "SteeringConfig keys"
@@ -56,6 +63,7 @@ class SteeringConfig(ConfigBase):
     num_steps: int = 20
     positions: str = "all"
     seed: int | None = None
+    denoise_mode: str = "replace"
 
     def __post_init__(self) -> None:
         self.scale = check_float("scale", self.scale)
@@ -69,6 +77,7 @@ class SteeringConfig(ConfigBase):
         )
         check_int("num_steps", self.num_steps, minimum=1)
         check_choice("positions", self.positions, POSITIONS)
+        check_choice("denoise_mode", self.denoise_mode, DENOISE_MODES)
         if self.seed is not None:
             check_seed(self.seed)
 

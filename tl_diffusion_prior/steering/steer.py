@@ -15,15 +15,18 @@ for which positions those are, with and without the KV cache):
    :func:`~tl_diffusion_prior.steering.config.added_vector`); the whole tensor then passes
    through the new hook point ``<hook>.hook_steered``;
 2. with a prior, the steered positions (all of them, in one batched call) are replaced by
-   ``prior.denoise(x, t_start, num_steps, noise=...)``; the whole tensor then passes through
-   ``<hook>.hook_denoised``. The noise at a position is a function of the seed, the row's tokens
-   up to that position and its position counted from the row's first real token (see
-   :mod:`~tl_diffusion_prior.steering.noise`), never of the row's place in the batch or its
-   padding. So the same prompt gives the same result alone, twice in one batch or left-padded
-   among others, and generation without the KV cache, which recomputes earlier positions at every
-   step, re-noises them identically. A ``projection`` (any ``[n, d_model] -> [n, d_model]``
-   callable, such as an SAE's reconstruction or a PCA projection: the linear "manifold" baselines
-   of on-manifold steering) can take the prior's place; it adds no noise.
+   ``prior.denoise(x, t_start, num_steps, noise=...)`` (``denoise_mode="replace"``, the paper's),
+   or, with ``denoise_mode="edit"``, by ``h + D(h + delta) - D(h)``: the model's own activation
+   ``h`` plus the prior's map of the edit, both denoised with the same noise, so that what the prior
+   does to an unsteered activation cancels (twice the prior's work); the whole tensor then passes
+   through ``<hook>.hook_denoised``. The noise at a position is a function of the seed, the row's
+   tokens up to that position and its position counted from the row's first real token (see
+   :mod:`~tl_diffusion_prior.steering.noise`), never of the row's place in the batch or its padding.
+   So the same prompt gives the same result alone, twice in one batch or left-padded among others,
+   and generation without the KV cache, which recomputes earlier positions at every step, re-noises
+   them identically. A ``projection`` (any ``[n, d_model] -> [n, d_model]`` callable, such as an
+   SAE's reconstruction or a PCA projection: the linear "manifold" baselines of on-manifold
+   steering) can take the prior's place; it adds no noise.
 
 Each row's first real position (BOS / attention sink) and padding are never touched: the hooked
 tensor keeps the model's values there, in every hook point.
@@ -196,26 +199,43 @@ class SteeringHandle:
         out = steered
         if rows.numel():
             x = steered[rows, cols]
+            noise = None
             if self.prior is not None:
                 device = activation.device
                 noise = self._noise(
                     call.sequence_keys(device)[rows, cols], call.real_positions(device)[rows, cols]
                 )
-                denoised = self.prior.denoise(
-                    x, self.config.t_start, self.config.num_steps, noise=noise
+            if self.config.denoise_mode == "edit":
+                # Map the steered and the unsteered activation with the same noise; only their
+                # difference is added, so the prior's error on the model's own activation (what
+                # changes text at r = 0 in "replace" mode) cancels.
+                base = activation[rows, cols]
+                both = self._project(
+                    torch.cat([x, base]), None if noise is None else noise.repeat(2, 1)
                 )
+                denoised = base + (both[: x.shape[0]] - both[x.shape[0] :])
             else:
-                with torch.no_grad():
-                    denoised = self.projection(x)
-            if not isinstance(denoised, Tensor) or denoised.shape != x.shape:
-                method = type(self.prior or self.projection).__name__
-                got = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised)
-                raise ValueError(
-                    f"{method} returned {got} for input shape {tuple(x.shape)}; a prior or "
-                    "projection must return a tensor of the input's shape."
-                )
+                denoised = self._project(x, noise)
             out = steered.index_put((rows, cols), denoised.to(x.device, x.dtype))
         return self._through(self._points[DENOISED_HOOK], out, activation)
+
+    def _project(self, x: Tensor, noise: Tensor | None) -> Tensor:
+        """The prior's denoising of ``x`` (with ``noise``), or the projection of ``x``."""
+        if self.prior is not None:
+            denoised = self.prior.denoise(
+                x, self.config.t_start, self.config.num_steps, noise=noise
+            )
+        else:
+            with torch.no_grad():
+                denoised = self.projection(x)
+        if not isinstance(denoised, Tensor) or denoised.shape != x.shape:
+            method = type(self.prior or self.projection).__name__
+            got = tuple(denoised.shape) if isinstance(denoised, Tensor) else type(denoised)
+            raise ValueError(
+                f"{method} returned {got} for input shape {tuple(x.shape)}; a prior or "
+                "projection must return a tensor of the input's shape."
+            )
+        return denoised
 
     def _check_activation(self, activation: Tensor) -> None:
         if activation.ndim != 3 or activation.shape[-1] != self.delta.shape[0]:
