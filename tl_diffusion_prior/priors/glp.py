@@ -298,10 +298,11 @@ class GLPPrior(DiffusionPrior):
 
     def _require_layer(self) -> None:
         if self.config.layer is None:
+            example = self.config.layers[0]
             raise ValueError(
                 f"This multi-layer prior covers layers {list(self.config.layers)} and no layer is "
-                "picked; use prior.at_layer(L) (e.g. prior.at_layer(7) for "
-                f"{hook_for_layer(7, self.config.hook_point)}) before denoising, sampling, "
+                f"picked; use prior.at_layer(L) (e.g. prior.at_layer({example}) for "
+                f"{hook_for_layer(example, self.config.hook_point)}) before denoising, sampling, "
                 "training or steering with it."
             )
 
