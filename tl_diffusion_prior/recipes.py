@@ -209,15 +209,19 @@ def capture_corpus(
     ctx: int,
     hook: str | Sequence[str] = DEFAULT_HOOK,
     batch_size: int = 16,
+    progress: bool = True,
 ) -> tuple[ActivationRingBuffer, ActivationCapture, float]:
     """Fill a buffer with ``n_activations`` rows of ``split`` text; returns it, its capture and
-    the seconds it took. With several hooks (a multi-layer prior's) each row holds all of them."""
+    the seconds it took. With several hooks (a multi-layer prior's) each row holds all of them.
+    ``progress`` shows a progress bar."""
     source = corpus_token_source(model.tokenizer, split=split, batch_size=batch_size, ctx=ctx)
     hooks = [hook] if isinstance(hook, str) else list(hook)
     buffer = ActivationRingBuffer(n_activations, model.cfg.d_model, hooks, model_device(model))
     capture = ActivationCapture(model, hooks, buffer, CaptureConfig())
     start = time.perf_counter()
-    fill_buffer(model, source, hooks, n_activations, buffer=buffer, capture=capture)
+    fill_buffer(
+        model, source, hooks, n_activations, buffer=buffer, capture=capture, progress=progress
+    )
     return buffer, capture, time.perf_counter() - start
 
 

@@ -110,3 +110,17 @@ def test_run_steer_on_the_default_model(tmp_path, capsys, default_model, monkeyp
     assert "| 0.25 |" in out and "| 1 |" in out
     assert "usable range" in out or "no usable scale" in out
     assert plot.stat().st_size > 1000
+
+
+def test_a_missing_prior_fails_before_the_model_loads(tmp_path, monkeypatch):
+    from tl_diffusion_prior.data import models as offline_model
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model must not load")
+
+    monkeypatch.setattr(offline_model, "load_model", no_model)
+    missing = str(tmp_path / "no-such-prior")
+    args = _parse(["--prior", missing, "--positive", "a", "--negative", "c", "--prompt", "x"])
+    args.scale = 0.5
+    with pytest.raises((FileNotFoundError, ValueError, OSError)):
+        run_steer(args)

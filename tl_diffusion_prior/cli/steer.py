@@ -164,10 +164,10 @@ def _check_mode(args: argparse.Namespace) -> None:
 def run_steer(args: argparse.Namespace) -> int:
     """Run ``tl-diffusion-prior steer`` with parsed ``args``."""
     _check_mode(args)
-    # A missing shipped prior fails before the model loads.
-    prior_dir = resolve_prior_dir(args.prior)
+    # The prior (a folder, the shipped one or a Hub name) loads, or fails, before the model.
+    prior = load_prior(resolve_prior_dir(args.prior))
     model = models.load_model(args.model, device=args.device, kind=args.model_kind)
-    prior = load_prior(prior_dir, device=model_device(model))
+    prior = prior.to(model_device(model))
     if args.calibrate:
         return _run_calibration(args, model, prior)
     vector = steering_vector(model, prior.config.hook_name, args.positive, args.negative)
