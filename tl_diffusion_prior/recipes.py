@@ -44,6 +44,11 @@ from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.steering import mean_activation_norm, reference_norm_from_prior, steer
+from tl_diffusion_prior.steering.config import (
+    DEFAULT_DENOISE_MODE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_T_START,
+)
 from tl_diffusion_prior.training import FIT_ROWS, TrainConfig, TrainResult, runtime, train_prior
 from tl_diffusion_prior.training.gaussian_reference import gaussian_reference
 from tl_diffusion_prior.training.validation import validation_loss
@@ -470,11 +475,11 @@ def compare_generations(
     scale: float,
     *,
     max_new_tokens: int = 40,
-    t_start: float = 0.5,
-    num_steps: int = 20,
+    t_start: float = DEFAULT_T_START,
+    num_steps: int = DEFAULT_NUM_STEPS,
     seed: int = 0,
     positions: str = "all",
-    denoise_mode: str = "replace",
+    denoise_mode: str = DEFAULT_DENOISE_MODE,
     concept_words: list[str] | None = None,
     concept_lexicon: list[str] | tuple[str, ...] | None = None,
     norm_prompts: list[str] | None = None,

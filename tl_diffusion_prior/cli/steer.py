@@ -32,7 +32,12 @@ from tl_diffusion_prior.evaluate.text_judge import MAX_FLUENT_NLL
 from tl_diffusion_prior.priors import load_prior, resolve_prior_dir
 from tl_diffusion_prior.recipes import GenerationComparison, compare_generations
 from tl_diffusion_prior.steering import reference_norm_from_prior, steering_vector
-from tl_diffusion_prior.steering.config import DENOISE_MODES
+from tl_diffusion_prior.steering.config import (
+    DEFAULT_DENOISE_MODE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_T_START,
+    DENOISE_MODES,
+)
 from tl_diffusion_prior.steering.positions import POSITIONS
 
 
@@ -81,13 +86,17 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", help="--calibrate: save the calibration plot to this PNG path")
     parser.add_argument("--max-new-tokens", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0, help="seed of the denoising noise")
-    parser.add_argument("--t-start", type=float, default=0.5, help="noise level before denoising")
-    parser.add_argument("--num-steps", type=int, default=20, help="prior evaluations per token")
+    parser.add_argument(
+        "--t-start", type=float, default=DEFAULT_T_START, help="noise level before denoising"
+    )
+    parser.add_argument(
+        "--num-steps", type=int, default=DEFAULT_NUM_STEPS, help="prior evaluations per token"
+    )
     parser.add_argument("--positions", choices=POSITIONS, default="all")
     parser.add_argument(
         "--denoise-mode",
         choices=DENOISE_MODES,
-        default="replace",
+        default=DEFAULT_DENOISE_MODE,
         help="replace: the prior's denoising of the steered activation (the paper's); edit: the "
         "model's own activation plus the prior's map of the edit (unchanged at scale 0)",
     )

@@ -46,7 +46,7 @@ from tl_diffusion_prior.evaluate.fluency import (
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves, steering_curves
 from tl_diffusion_prior.evaluate.text_judge import judge_fluency, lexicon_hits
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.steering.config import steering_config
+from tl_diffusion_prior.steering.config import DEFAULT_NUM_STEPS, DEFAULT_T_START, steering_config
 from tl_diffusion_prior.steering.steer import Projection, steer
 from tl_diffusion_prior.steering.vector import steering_vector
 
@@ -62,8 +62,8 @@ def concept_steering_curves(
     concepts: Sequence[SteeringConcept] = DEFAULT_CONCEPTS,
     prompts: Sequence[str] = DEFAULT_PROMPTS,
     max_new_tokens: int = 16,
-    t_start: float = 0.5,
-    num_steps: int = 20,
+    t_start: float = DEFAULT_T_START,
+    num_steps: int = DEFAULT_NUM_STEPS,
     seed: int = 0,
     n_resamples: int = 1000,
     seeds: Sequence[int] = (0,),

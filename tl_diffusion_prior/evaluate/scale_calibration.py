@@ -38,7 +38,12 @@ from tl_diffusion_prior.evaluate.concept_steering import (
 from tl_diffusion_prior.evaluate.concepts import SteeringConcept
 from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
 from tl_diffusion_prior.priors.base import DiffusionPrior
-from tl_diffusion_prior.steering.config import steering_config
+from tl_diffusion_prior.steering.config import (
+    DEFAULT_DENOISE_MODE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_T_START,
+    steering_config,
+)
 
 DEFAULT_CALIBRATION_SCALES = (0.1, 0.25, 0.35, 0.5, 0.75, 1.0)
 
@@ -146,10 +151,10 @@ def calibrate_scale(
     prior: DiffusionPrior | None = None,
     tolerance: float = 0.2,
     max_new_tokens: int = 24,
-    t_start: float = 0.5,
-    num_steps: int = 20,
+    t_start: float = DEFAULT_T_START,
+    num_steps: int = DEFAULT_NUM_STEPS,
     seed: int = 0,
-    denoise_mode: str = "replace",
+    denoise_mode: str = DEFAULT_DENOISE_MODE,
     n_resamples: int = 1000,
 ) -> ScaleCalibration:
     """Sweep ``scales`` for ``concept`` on ``prompts`` and say which are usable (module docstring).

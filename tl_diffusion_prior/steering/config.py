@@ -26,6 +26,10 @@ from tl_diffusion_prior.steering.positions import POSITIONS
 
 SCALE_MODES = ("absolute", "relative")
 DENOISE_MODES = ("replace", "edit")
+#: The defaults of a steering with a prior, shared by ``steer``, the CLI and the evaluations.
+DEFAULT_T_START = 0.5
+DEFAULT_NUM_STEPS = 20
+DEFAULT_DENOISE_MODE = "replace"
 
 
 @dataclass
@@ -59,11 +63,11 @@ class SteeringConfig(ConfigBase):
     scale: float | int
     scale_mode: str = "absolute"
     reference_norm: float | None = None
-    t_start: float = 0.5
-    num_steps: int = 20
+    t_start: float = DEFAULT_T_START
+    num_steps: int = DEFAULT_NUM_STEPS
     positions: str = "all"
     seed: int | None = None
-    denoise_mode: str = "replace"
+    denoise_mode: str = DEFAULT_DENOISE_MODE
 
     def __post_init__(self) -> None:
         self.scale = check_float("scale", self.scale)
