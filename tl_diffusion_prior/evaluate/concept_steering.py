@@ -97,22 +97,15 @@ def concept_steering_curves(
             prior may then appear under two names with two settings).
     """
     check_steering_arguments(model, hook_name, priors, scales, reference_norm, concepts, prompts)
-    method_options = dict(method_options or {})
-    unknown = sorted(set(method_options) - set(priors))
-    if unknown:
-        raise ValueError(
-            f"method_options names {unknown}, which are not among the priors {sorted(priors)}."
-        )
     steer_options = relative_steering_options(reference_norm, t_start, num_steps, seed)
     steer_options["positions"] = positions
-    for options in method_options.values():  # unknown or invalid options fail before any work
-        steering_config(1.0, None, {**steer_options, **options})
+    method_options = _checked_method_options(priors, steer_options, method_options)
     run = ConceptRun.prepare(
         model, hook_name, concepts, prompts, max_new_tokens, seeds=seeds, sampling=sampling
     )
 
     def method_generator(name: str, method: DiffusionPrior | Projection | None):
-        options = {**steer_options, **method_options.get(name, {})}
+        options = method_options.get(name, steer_options)
 
         def generate(scale: float) -> list[ConceptItem]:
             items = run.items_at(scale, method, options)
@@ -138,6 +131,25 @@ def concept_steering_curves(
             "lexicon_hits": lambda items: [float(item.lexicon_hits) for item in items],
         },
     )
+
+
+def _checked_method_options(
+    priors: Mapping[str, Any],
+    steer_options: dict[str, Any],
+    method_options: Mapping[str, Mapping[str, Any]] | None,
+) -> dict[str, dict[str, Any]]:
+    """Method name -> its full ``steer`` options (the shared ones with its own on top); unknown
+    names and invalid options fail here, before any generation."""
+    method_options = dict(method_options or {})
+    unknown = sorted(set(method_options) - set(priors))
+    if unknown:
+        raise ValueError(
+            f"method_options names {unknown}, which are not among the priors {sorted(priors)}."
+        )
+    merged = {name: {**steer_options, **options} for name, options in method_options.items()}
+    for options in merged.values():
+        steering_config(1.0, None, options)
+    return merged
 
 
 def relative_steering_options(
