@@ -62,6 +62,12 @@ from tl_diffusion_prior.evaluate.steering_curves import SteeringPoint
 from tl_diffusion_prior.priors import load_default_prior, load_prior
 from tl_diffusion_prior.recipes import capture_corpus
 from tl_diffusion_prior.steering import reference_norm_from_prior, steer, steering_vector
+from tl_diffusion_prior.steering.config import (
+    DEFAULT_DENOISE_MODE,
+    DEFAULT_NUM_STEPS,
+    DEFAULT_T_START,
+    DENOISE_MODES,
+)
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
@@ -198,8 +204,10 @@ def parse_args() -> argparse.Namespace:
 def prior_setting(text: str) -> tuple[str, float]:
     """``MODE@T`` -> (denoise mode, t_start)."""
     mode, _, t = text.partition("@")
-    if mode not in ("replace", "edit") or not t:
-        raise argparse.ArgumentTypeError(f"expected MODE@T with MODE replace or edit, got {text!r}")
+    if mode not in DENOISE_MODES or not t:
+        raise argparse.ArgumentTypeError(
+            f"expected MODE@T with MODE in {DENOISE_MODES}, got {text!r}"
+        )
     try:
         t_start = float(t)
     except ValueError as error:
@@ -211,7 +219,7 @@ def prior_setting(text: str) -> tuple[str, float]:
 
 def prior_method_name(mode: str, t_start: float) -> str:
     """``MLP prior`` for the paper's setting (the name earlier results use), else with it."""
-    if (mode, t_start) == ("replace", 0.5):
+    if (mode, t_start) == (DEFAULT_DENOISE_MODE, DEFAULT_T_START):
         return "MLP prior"
     return f"MLP prior ({mode}, t={t_start:g})"
 
@@ -245,7 +253,8 @@ def build_methods(args: argparse.Namespace, model, prior, hook: str) -> tuple[di
 
 def describe(method, options: dict) -> dict:
     if hasattr(method, "config"):
-        settings = {"t_start": 0.5, "num_steps": 20, "denoise_mode": "replace", **options}
+        defaults = {"t_start": DEFAULT_T_START, "num_steps": DEFAULT_NUM_STEPS}
+        settings = {**defaults, "denoise_mode": DEFAULT_DENOISE_MODE, **options}
         return {"prior": type(method).__name__, **settings}
     return dict(getattr(method, "setting", {}))
 
@@ -264,7 +273,7 @@ def survival(model, hook, methods, method_options, concepts, prompts, norm, scal
     x = cache[hook][mask].float()
     result: dict = {}
     for name, method in methods.items():
-        t_start = method_options.get(name, {}).get("t_start", 0.5)
+        t_start = method_options.get(name, {}).get("t_start", DEFAULT_T_START)
         result[name] = {}
         for scale in scales:
             if scale == 0:
@@ -280,10 +289,10 @@ def survival(model, hook, methods, method_options, concepts, prompts, norm, scal
     return result
 
 
-def project(method, x: torch.Tensor, t_start: float = 0.5) -> torch.Tensor:
+def project(method, x: torch.Tensor, t_start: float = DEFAULT_T_START) -> torch.Tensor:
     if hasattr(method, "denoise"):
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        return method.denoise(x, t_start, 20, noise=noise)
+        return method.denoise(x, t_start, DEFAULT_NUM_STEPS, noise=noise)
     return method(x)
 
 
