@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from diffusers import DDIMScheduler
+from torch.nn import functional as F
 
 from tests.priors.helpers import SyntheticManifold, build_tiny_prior, randomize_
 from tl_diffusion_prior.priors import load_prior
@@ -51,6 +52,50 @@ def test_writeup_preset_matches_the_writeup():
     assert UNetPriorConfig.preset("writeup", d_model=5120, grid_shape=[32, 160], **NAMES)
 
 
+def test_patches_of_the_grid_become_channels_at_a_coarser_resolution():
+    prior = UNetPrior(UNetPriorConfig.preset("cpu", d_model=576, patch_size=4, **NAMES))
+    assert prior.config.grid_shape == [16, 48]  # 4 * 2**2 = 16 divides both sides
+    assert prior.config.unet_resolution == [4, 12]
+    unet_cfg = prior.network.unet.config
+    assert list(unet_cfg.sample_size) == [4, 12]
+    assert (unet_cfg.in_channels, unet_cfg.out_channels) == (16, 16)
+    # with position channels every cell's extra channels travel in the same patch
+    small = tiny(22, patch_size=2)
+    assert small.network.unet.config.in_channels == (1 + 2) * 4
+    seen = []
+    handle = small.network.unet.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    try:
+        out = randomize_(small).denoise(torch.randn(3, 22), t_start=0.5, num_steps=2)
+    finally:
+        handle.remove()
+    height, width = small.config.grid_shape
+    assert seen[0] == (3, 12, height // 2, width // 2)
+    assert out.shape == (3, 22) and torch.isfinite(out).all()
+
+
+def test_each_patch_channel_is_one_grid_cell():
+    # The UNet's output channel c at coarse cell (i, j) must land on grid cell
+    # (p i + c // p, p j + c % p): a one-hot output there is un-gridded to exactly that dim.
+    prior = tiny(22, patch_size=2, gaussian_skip=False)
+    p, width = 2, prior.config.grid_shape[1]
+    cell_of_dim = prior.network.layout.cell_of_dim
+    for dim in (0, 7, 21):
+        row, col = divmod(int(cell_of_dim[dim]), width)
+        channel = (row % p) * p + col % p
+
+        def one_hot(module, args, out, channel=channel, row=row, col=col):
+            out.sample.zero_()
+            out.sample[:, channel, row // p, col // p] = 1.0
+
+        handle = prior.network.unet.register_forward_hook(one_hot)
+        try:
+            with torch.no_grad():
+                eps = prior.network(torch.zeros(1, 22), torch.tensor(10))
+        finally:
+            handle.remove()
+        assert eps[0].nonzero().flatten().tolist() == [dim]
+
+
 def test_config_round_trips_through_dict():
     cfg = UNetPriorConfig.preset("cpu", d_model=130, **NAMES)
     again = UNetPriorConfig.from_dict(cfg.to_dict())
@@ -71,6 +116,8 @@ def test_config_round_trips_through_dict():
         (dict(layout="random"), "layout"),
         (dict(position_channels=-1), "position_channels"),
         (dict(unet=dict(attention_head_dim=24)), "attention_head_dim"),
+        (dict(patch_size=0), "patch_size"),
+        (dict(patch_size=5, grid_shape=[24, 24]), "patch_size \\* 2\\*\\*\\(n_blocks-1\\)=20"),
     ],
 )
 def test_config_rejects_bad_values(overrides, match):
@@ -193,9 +240,10 @@ def test_gaussian_reference_matches_monte_carlo_of_optimal_linear_denoiser():
     assert abs(prior.gaussian_reference_loss(lam) - ref) / ref < 0.05
 
 
-def test_fitted_gaussian_skip_starts_at_the_reference_and_ignores_padding():
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_fitted_gaussian_skip_starts_at_the_reference_and_ignores_padding(patch_size):
     d = 22
-    prior = tiny(d, position_channels=0)
+    prior = tiny(d, position_channels=0, patch_size=patch_size)
     z, _ = _gaussian_data(8000, d, seed=2)
     prior.set_normalization(torch.zeros(d), torch.ones(d) - prior.config.norm_eps)
     prior.fit_data(z)
@@ -204,10 +252,11 @@ def test_fitted_gaussian_skip_starts_at_the_reference_and_ignores_padding():
     with torch.no_grad():
         loss = prior.loss(z, generator=gen).item()
         # whatever the UNet writes into padding cells must not reach the loss
-        mask = prior.network.layout.mask()
+        # the padding cells as the UNet's output holds them: patches as channels
+        mask = F.pixel_unshuffle(prior.network.layout.mask()[None, None].float(), patch_size)[0]
 
         def fill_padding(module, args, out):
-            out.sample.masked_fill_(~mask, 1e3)
+            out.sample.masked_fill_(mask == 0, 1e3)
 
         handle = prior.network.unet.register_forward_hook(fill_padding)
         try:

@@ -27,6 +27,9 @@ Options beyond the write-up's plain UNet, each off in the ``"writeup"`` preset:
   coordinates, so the convolutions know which dimension they see (dimensions have no translation
   symmetry).
 * ``layout="spectral"``: correlated dimensions placed next to each other (fitted by ``fit_data``).
+* ``patch_size``: square patches of the grid become channels (``pixel_unshuffle``), so the UNet
+  runs at a coarser resolution with more channels; with the spectral layout a patch holds
+  correlated dimensions.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 from jaxtyping import Float, Int
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from tl_diffusion_prior.priors.base import (
     DiffusionPrior,
@@ -61,12 +65,14 @@ class UNetDenoiser(nn.Module):
         super().__init__()
         height, width = config.grid_shape
         self.layout = GridLayout(config.d_model, height, width)
+        self.patch_size = config.patch_size
+        cells_per_patch = config.patch_size**2
         self.unet = UNet2DModel.from_config(
             {
                 **config.unet,
-                "sample_size": [height, width],
-                "in_channels": 1 + config.extra_channels,
-                "out_channels": 1,
+                "sample_size": config.unet_resolution,
+                "in_channels": (1 + config.extra_channels) * cells_per_patch,
+                "out_channels": cells_per_patch,
             }
         )
         if config.zero_init_output:
@@ -97,7 +103,9 @@ class UNetDenoiser(nn.Module):
             if extra is not None:
                 channels.append(extra.to(z_t.dtype).expand(n, -1, -1, -1))
         image = torch.cat(channels, dim=1) if len(channels) > 1 else channels[0]
-        eps = self.layout.from_grid(self.unet(image, timesteps).sample)
+        patches = F.pixel_unshuffle(image, self.patch_size)
+        predicted = F.pixel_shuffle(self.unet(patches, timesteps).sample, self.patch_size)
+        eps = self.layout.from_grid(predicted)
         if self.gaussian is not None:
             eps = eps + self.gaussian(z_t, timesteps)
         return eps

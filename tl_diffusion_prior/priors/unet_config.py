@@ -90,7 +90,14 @@ class UNetPriorConfig(PriorConfig):
             ``DEFAULT_SCHEDULER``; ``prediction_type="epsilon"`` and ``clip_sample=False`` are
             required.
         grid_shape: ``[height, width]``; None picks the least-padding, most square grid whose
-            sides the UNet's ``2 ** (n_blocks - 1)`` downsampling divides.
+            sides ``patch_size * 2 ** (n_blocks - 1)`` divides (the patching and the UNet's
+            downsampling).
+        patch_size: Side of the square patches of the grid that become channels
+            (``pixel_unshuffle``): the UNet sees a ``patch_size**2``-channel image at
+            ``1 / patch_size`` of the grid's resolution and predicts ``patch_size**2`` channels,
+            shuffled back to the grid. 1 is the write-up's one-channel image. Coarser, wider
+            inputs let the convolutions mix many dimensions per position at a fraction of the
+            cost of full resolution.
         layout: ``"identity"`` (dim i in row-major cell i: the write-up's reshape) or
             ``"spectral"`` (correlated dims adjacent; fitted by ``UNetPrior.fit_data``, identity
             until then). The permutation is a buffer in ``model.safetensors``.
@@ -119,6 +126,7 @@ class UNetPriorConfig(PriorConfig):
     unet: dict = field(default_factory=lambda: copy.deepcopy(CPU_UNET))
     scheduler: dict = field(default_factory=lambda: dict(DEFAULT_SCHEDULER))
     grid_shape: list[int] | None = None
+    patch_size: int = 1
     layout: str = "spectral"
     layout_path: str = "hilbert"
     position_channels: int = 0
@@ -142,8 +150,8 @@ class UNetPriorConfig(PriorConfig):
         derived = [k for k in _DERIVED_UNET_KEYS if k in self.unet]
         if derived:
             raise ValueError(
-                f"unet must not set {derived}: the prior derives them (sample_size from "
-                "grid_shape, in_channels from the extra input channels, out_channels=1)."
+                f"unet must not set {derived}: the prior derives them from grid_shape, "
+                "patch_size and the extra input channels; set those instead."
             )
         self.unet = _jsonable({**CPU_UNET, **self.unet})
         self.scheduler = _jsonable({**DEFAULT_SCHEDULER, **self.scheduler})
@@ -154,6 +162,7 @@ class UNetPriorConfig(PriorConfig):
                     f"{self.scheduler[key]!r}."
                 )
         check_positive_int("scheduler.num_train_timesteps", self.scheduler["num_train_timesteps"])
+        check_positive_int("patch_size", self.patch_size)
         self._check_unet()
         self._check_grid()
         check_choice("layout", self.layout, LAYOUTS)
@@ -197,7 +206,7 @@ class UNetPriorConfig(PriorConfig):
             )
 
     def _check_grid(self) -> None:
-        multiple = 2 ** (len(self.unet["block_out_channels"]) - 1)
+        multiple = self.patch_size * 2 ** (len(self.unet["block_out_channels"]) - 1)
         if self.grid_shape is None:
             self.grid_shape = list(choose_grid_shape(self.d_model, multiple))
         self.grid_shape = _jsonable(self.grid_shape)
@@ -209,7 +218,8 @@ class UNetPriorConfig(PriorConfig):
         if height % multiple or width % multiple:
             raise ValueError(
                 f"grid_shape {height}x{width} must have both sides divisible by "
-                f"2**(n_blocks-1)={multiple} (the UNet's downsampling); use "
+                f"patch_size * 2**(n_blocks-1)={multiple} (the patching and the UNet's "
+                "downsampling); use "
                 f"{list(choose_grid_shape(self.d_model, multiple))} or grid_shape=None."
             )
         if height * width < self.d_model:
@@ -218,6 +228,11 @@ class UNetPriorConfig(PriorConfig):
                 f"{height * width} cells are fewer than the dimensions; use a larger grid or "
                 "grid_shape=None."
             )
+
+    @property
+    def unet_resolution(self) -> list[int]:
+        """``[height, width]`` of the image the UNet sees: the grid over ``patch_size``."""
+        return [side // self.patch_size for side in self.grid_shape]
 
     @property
     def extra_channels(self) -> int:
