@@ -10,10 +10,11 @@ coarser resolution with more channels), width and attention.
 
 It also scores the MLP priors (the one trained here, and the shipped one, trained for hours) on the
 UNet's objective: converted from velocity to noise prediction, under the same DDPM loss on the
-same held-out rows. A flow state ``(1 - t) x + t eps`` is the DDPM state ``sqrt(ab) x + sqrt(1 - ab) eps`` divided by
-``sqrt(ab) + sqrt(1 - ab)``, at ``t = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab))``, and
-``eps = z_t + (1 - t) v``. Their ratios to the Gaussian predictor's loss say how far below the
-reference a denoiser gets on this data under this objective, at the same budget and after hours.
+same held-out rows. A flow state ``(1 - t) x + t eps`` is the DDPM state
+``sqrt(ab) x + sqrt(1 - ab) eps`` divided by ``sqrt(ab) + sqrt(1 - ab)``, at
+``t = sqrt(1 - ab) / (sqrt(ab) + sqrt(1 - ab))``, and ``eps = z_t + (1 - t) v``. Their ratios
+to the Gaussian predictor's loss say how far below the reference a denoiser gets on this data
+under this objective, at the same budget and after hours.
 
     .venv/bin/python benchmarks/unet_design.py --seconds 300
     .venv/bin/python benchmarks/unet_design.py --seconds 600 --designs cpu patch4
