@@ -16,7 +16,8 @@ same held-out rows. A flow state ``(1 - t) x + t eps`` is the DDPM state
 to the Gaussian predictor's loss say how far below the reference a denoiser gets on this data
 under this objective, at the same budget and after hours.
 
-    .venv/bin/python benchmarks/unet_design.py --seconds 300 [--designs cpu patch4]
+    .venv/bin/python benchmarks/unet_design.py --seconds 300
+    .venv/bin/python benchmarks/unet_design.py --seconds 600 --designs cpu patch4
 """
 
 from __future__ import annotations
