@@ -36,7 +36,7 @@ from benchmark_setup import add_data_arguments, model_and_activations
 from tl_diffusion_prior.constants import DEFAULT_HOOK
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.default_prior import load_default_prior
-from tl_diffusion_prior.recipes import calibrate_steps, train_demo_prior
+from tl_diffusion_prior.recipes import PRIOR_PRESETS, calibrate_steps, train_demo_prior
 from tl_diffusion_prior.training import FIT_ROWS
 
 
@@ -102,7 +102,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=300.0, help="training budget per prior")
     parser.add_argument("--batch-size", type=int, default=256, help="the UNets' batch")
+    parser.add_argument("--unet-lr", type=float, default=None, help="default: the UNet preset's")
     parser.add_argument("--mlp-batch-size", type=int, default=1024)
+    parser.add_argument("--no-mlp", action="store_true", help="leave the MLP prior out")
     parser.add_argument(
         "--designs", nargs="+", choices=sorted(DESIGNS), default=list(DESIGNS), help="UNets"
     )
@@ -111,6 +113,7 @@ def main() -> None:
 
     model, scale, buffer, val_acts = model_and_activations(args, batch_size=args.batch_size)
     names = dict(d_model=model.cfg.d_model, hook_name=DEFAULT_HOOK, model_name=model.cfg.model_name)
+    unet_lr = PRIOR_PRESETS["unet"]["cpu"]["lr"] if args.unet_lr is None else args.unet_lr
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for index, key in enumerate(args.designs):
@@ -119,22 +122,30 @@ def main() -> None:
             prior = UNetPrior(UNetPriorConfig.preset("cpu", **names, **fields))
             steps = calibrate_steps(prior, buffer, scale.batch_size, args.seconds)
             result = train_demo_prior(
-                f"unet{index}", prior, buffer, val_acts, scale, Path(out) / str(index), steps
+                f"unet{index}",
+                prior,
+                buffer,
+                val_acts,
+                scale,
+                Path(out) / str(index),
+                steps,
+                lr=unet_lr,
             )
-            rows.append((f"UNet {label}", prior.num_parameters, result))
-        torch.manual_seed(0)
-        mlp = MLPPrior(MLPPriorConfig(**names))
-        mlp_scale = replace(scale, batch_size=args.mlp_batch_size)
-        steps = calibrate_steps(mlp, buffer, mlp_scale.batch_size, args.seconds)
-        result = train_demo_prior("mlp", mlp, buffer, val_acts, mlp_scale, Path(out) / "mlp", steps)
-        rows.append(("MLP prior, default config (its flow loss)", mlp.num_parameters, result))
+            rows.append((f"UNet {label}, lr {unet_lr:g}", prior.num_parameters, result))
+        scored = {"the shipped MLP prior (trained for hours)": load_default_prior()}
+        if not args.no_mlp:
+            torch.manual_seed(0)
+            mlp = MLPPrior(MLPPriorConfig(**names))
+            mlp_scale = replace(scale, batch_size=args.mlp_batch_size)
+            steps = calibrate_steps(mlp, buffer, mlp_scale.batch_size, args.seconds)
+            result = train_demo_prior(
+                "mlp", mlp, buffer, val_acts, mlp_scale, Path(out) / "mlp", steps
+            )
+            rows.append(("MLP prior, default config (its flow loss)", mlp.num_parameters, result))
+            scored[f"MLP prior trained here for {args.seconds:.0f} s"] = mlp.float().eval()
 
     generator = torch.Generator(device=buffer.device).manual_seed(0)
     fit_rows = buffer.sample(FIT_ROWS, generator=generator, hook=0)
-    scored = {
-        f"MLP prior trained here for {args.seconds:.0f} s": mlp.float().eval(),
-        "the shipped MLP prior (trained for hours)": load_default_prior(),
-    }
     ddpm = {name: ddpm_losses(p, val_acts[:4096], fit_rows, names) for name, p in scored.items()}
 
     print(

@@ -280,15 +280,17 @@ def train_demo_prior(
     scale: DemoScale,
     out: Path,
     steps: int | None = None,
+    lr: float | None = None,
 ) -> TrainResult:
-    """Train ``prior`` for ``steps`` (default: its ``scale.train_samples`` in batches), validate
-    on ``val_acts``, checkpoint under ``out/runs/<name>`` and save it to ``out/priors/<name>``."""
+    """Train ``prior`` for ``steps`` (default: its ``scale.train_samples`` in batches) at peak
+    ``lr`` (default: its design's CPU preset), validate on ``val_acts``, checkpoint under
+    ``out/runs/<name>`` and save it to ``out/priors/<name>``."""
     if steps is None:
         steps = max(1, scale.train_samples[prior.config.architecture] // scale.batch_size)
     config = TrainConfig(
         steps=steps,
         batch_size=scale.batch_size,
-        lr=PRIOR_PRESETS[prior.config.architecture]["cpu"]["lr"],
+        lr=PRIOR_PRESETS[prior.config.architecture]["cpu"]["lr"] if lr is None else lr,
         eval_every=max(1, steps // 4),
         log_every=max(1, steps // 50),
         val_size=min(len(val_acts), 4096),
