@@ -102,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=300.0, help="training budget per prior")
     parser.add_argument("--batch-size", type=int, default=256, help="the UNets' batch")
-    parser.add_argument("--unet-lr", type=float, default=None, help="default: the UNet preset's")
+    parser.add_argument("--unet-lr", type=float, default=PRIOR_PRESETS["unet"]["cpu"]["lr"])
     parser.add_argument("--mlp-batch-size", type=int, default=1024)
     parser.add_argument("--no-mlp", action="store_true", help="leave the MLP prior out")
     parser.add_argument(
@@ -113,7 +113,6 @@ def main() -> None:
 
     model, scale, buffer, val_acts = model_and_activations(args, batch_size=args.batch_size)
     names = dict(d_model=model.cfg.d_model, hook_name=DEFAULT_HOOK, model_name=model.cfg.model_name)
-    unet_lr = PRIOR_PRESETS["unet"]["cpu"]["lr"] if args.unet_lr is None else args.unet_lr
     rows = []
     with tempfile.TemporaryDirectory() as out:
         for index, key in enumerate(args.designs):
@@ -129,9 +128,9 @@ def main() -> None:
                 scale,
                 Path(out) / str(index),
                 steps,
-                lr=unet_lr,
+                lr=args.unet_lr,
             )
-            rows.append((f"UNet {label}, lr {unet_lr:g}", prior.num_parameters, result))
+            rows.append((f"UNet {label}, lr {args.unet_lr:g}", prior.num_parameters, result))
         scored = {"the shipped MLP prior (trained for hours)": load_default_prior()}
         if not args.no_mlp:
             torch.manual_seed(0)
