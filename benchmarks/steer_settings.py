@@ -40,6 +40,7 @@ from tl_diffusion_prior.evaluate.concept_steering import (
 from tl_diffusion_prior.evaluate.concepts import DEFAULT_CONCEPTS, DEFAULT_PROMPTS, chat_prompts
 from tl_diffusion_prior.evaluate.stats import bootstrap_ci
 from tl_diffusion_prior.steering import mean_activation_norm, steering_vector
+from tl_diffusion_prior.steering.config import DEFAULT_NUM_STEPS, DEFAULT_T_START
 
 SAMPLING = {"temperature": 0.7, "top_p": 0.9}
 
@@ -66,7 +67,8 @@ def main() -> None:
         norm = mean_activation_norm(
             model, hook, list(requests) + [p for c in concepts for p in c.positive]
         )
-        options = relative_steering_options(norm, 0.5, 20, 0)
+        # plain steering: the prior settings are unused, the library's defaults recorded
+        options = relative_steering_options(norm, DEFAULT_T_START, DEFAULT_NUM_STEPS, 0)
         options["positions"] = positions
         for scale in args.scales:
             items = run.items_at(scale, None, options)
