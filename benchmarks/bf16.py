@@ -25,9 +25,9 @@ from datetime import date
 import torch
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
+from tl_diffusion_prior.core.precision import cpu_has_fast_bf16
 from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.priors import load_default_prior
-from tl_diffusion_prior.training.runtime import cpu_has_fast_bf16
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -70,7 +70,7 @@ def main() -> None:
         bf16_s, bf16_acts = timed(capture(model_bf16), args.repeats)
     n_tokens = args.batch * args.ctx
 
-    prior = load_default_prior()
+    prior = load_default_prior(dtype=torch.float32)
     rows = fp32_acts.reshape(-1, fp32_acts.shape[-1])[: args.rows].float()
     noise = torch.randn(rows.shape, generator=torch.Generator().manual_seed(0))
     results = {}

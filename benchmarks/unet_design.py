@@ -131,7 +131,9 @@ def main() -> None:
                 lr=args.unet_lr,
             )
             rows.append((f"UNet {label}, lr {args.unet_lr:g}", prior.num_parameters, result))
-        scored = {"the shipped MLP prior (trained for hours)": load_default_prior()}
+        scored = {
+            "the shipped MLP prior (trained for hours)": load_default_prior(dtype=torch.float32)
+        }
         if not args.no_mlp:
             torch.manual_seed(0)
             mlp = MLPPrior(MLPPriorConfig(**names))

@@ -3,7 +3,7 @@ import argparse
 import pytest
 import torch
 
-from tl_diffusion_prior.cli.steer import add_steer_arguments, format_columns, run_steer
+from tl_diffusion_prior.cli.steer import add_steer_arguments, format_columns, prior_on, run_steer
 
 
 def _parse(argv):
@@ -22,7 +22,7 @@ def test_arguments_and_defaults():
     assert args.positions == "generated" and args.max_new_tokens == 40
     assert args.concept is None and args.lexicon is None
     assert args.prompt == ["x"] and not args.calibrate and args.tolerance == 0.2
-    assert args.denoise_mode == "replace"
+    assert args.denoise_mode == "replace" and args.prior_dtype == "auto"
     base = ["--prior", "p", "--positive", "a", "--negative", "c", "--prompt", "x"]
     assert _parse(base + ["--denoise-mode", "edit"]).denoise_mode == "edit"
     with pytest.raises(SystemExit):
@@ -49,6 +49,21 @@ def test_scale_or_calibrate_is_checked_before_the_model_loads(extra, match, monk
     args = _parse(["--prior", "p", "--positive", "a", "--negative", "c", "--prompt", "x", *extra])
     with pytest.raises(ValueError, match=match):
         run_steer(args)
+
+
+def test_the_prior_dtype_is_the_one_asked_for_and_auto_follows_the_cpu(monkeypatch):
+    from tl_diffusion_prior.core import precision
+    from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig
+
+    config = MLPPriorConfig(d_model=8, hook_name="blocks.0.hook_resid_post", model_name="m")
+    prior = MLPPrior(MLPPriorConfig(**{**config.to_dict(), "d_hidden": 16, "d_mlp": 16}))
+    cpu = torch.device("cpu")
+    assert prior_on(prior, cpu, "bfloat16").dtype == torch.bfloat16
+    assert prior_on(prior, cpu, "float32").dtype == torch.float32
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda native=native: native)
+        assert prior_on(prior, cpu, "auto").dtype == expected
+    assert prior.normalizer.mean.dtype == torch.float32
 
 
 def test_format_columns_side_by_side_and_stacked():

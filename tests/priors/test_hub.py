@@ -165,3 +165,19 @@ def test_cli_prior_option_takes_a_hub_name(tmp_path, offline, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     (prior,) = _load_priors([resolve_prior_dir("org/prior@v1")], None)
     assert type(prior) is MLPPrior
+
+
+def test_load_prior_takes_auto_for_native_bf16_and_keeps_the_saved_dtype_by_default(
+    tmp_path, monkeypatch
+):
+    from tl_diffusion_prior.core import precision
+
+    build_tiny_prior("mlp").save_pretrained(tmp_path / "prior")
+    assert load_prior(tmp_path / "prior").dtype == torch.float32  # as saved
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
+    loaded = load_prior(tmp_path / "prior", dtype="auto")
+    assert loaded.dtype == torch.bfloat16 and loaded.normalizer.mean.dtype == torch.float32
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
+    assert load_prior(tmp_path / "prior", dtype="auto").dtype == torch.float32
+    with pytest.raises(ValueError, match="torch.dtype, None or 'auto'"):
+        load_prior(tmp_path / "prior", dtype="half")

@@ -3,7 +3,7 @@ import contextlib
 import torch
 
 from tests.training.helpers import tiny_config
-from tl_diffusion_prior.training import runtime
+from tl_diffusion_prior.core import precision
 from tl_diffusion_prior.training.runtime import autocast, derive_seed
 
 
@@ -13,15 +13,11 @@ def test_derived_seeds_are_reproducible_distinct_and_63_bit():
     assert derive_seed(0, 1, 2) == derive_seed(0, 1, 2) != derive_seed(1, 1, 2)
 
 
-def test_cpu_bf16_probe_answers_a_bool():
-    assert runtime.cpu_has_fast_bf16() in (True, False)
-
-
 def test_auto_uses_bf16_on_cpus_with_hardware_bf16(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: True)
     assert isinstance(autocast(tiny_config(autocast="auto"), cpu), torch.autocast)
     assert isinstance(autocast(tiny_config(autocast="off"), cpu), contextlib.nullcontext)
-    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    monkeypatch.setattr(precision, "cpu_has_fast_bf16", lambda: False)
     assert isinstance(autocast(tiny_config(autocast="auto"), cpu), contextlib.nullcontext)
     assert isinstance(autocast(tiny_config(autocast="bf16"), cpu), torch.autocast)

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from tl_diffusion_prior.constants import MODEL_FINGERPRINT_KEY
 from tl_diffusion_prior.core.fingerprint import model_fingerprint as compute_model_fingerprint
 from tl_diffusion_prior.core.integrity import check_same_source
+from tl_diffusion_prior.core.precision import resolve_auto_dtype
 from tl_diffusion_prior.core.pretrained import PretrainedConfig, PretrainedModule, Registry
 from tl_diffusion_prior.core.validation import check_noise_levels, check_positive_int
 from tl_diffusion_prior.priors.score import ScoreConfig, as_score_config, manifold_score
@@ -363,15 +364,19 @@ class DiffusionPrior(PretrainedModule, abc.ABC):
 def load_prior(
     directory: str | os.PathLike,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     *,
     verify: bool = True,
 ) -> DiffusionPrior:
     """Load a saved prior of whatever architecture its ``config.json`` names.
 
-    ``verify=False`` skips comparing the weights with their recorded checksum (see
+    ``dtype`` is the weights' dtype: None keeps the saved one, ``"auto"`` is bfloat16 where
+    ``device`` computes it natively and float32 elsewhere
+    (:func:`~tl_diffusion_prior.core.precision.resolve_auto_dtype`). ``verify=False`` skips
+    comparing the weights with their recorded checksum (see
     :meth:`~tl_diffusion_prior.core.pretrained.PretrainedModule.from_pretrained`).
     """
+    dtype = resolve_auto_dtype(dtype, device)
     return DiffusionPrior.from_pretrained(directory, device=device, dtype=dtype, verify=verify)
 
 

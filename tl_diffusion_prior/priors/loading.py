@@ -17,6 +17,7 @@ import os
 import torch
 
 from tl_diffusion_prior.constants import CONFIG_NAME, GLP_FINAL_CHECKPOINT
+from tl_diffusion_prior.core.precision import resolve_auto_dtype
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.priors.glp_format import is_glp_checkpoint_dir, load_glp_checkpoint
 from tl_diffusion_prior.priors.hub import resolve_prior_source
@@ -25,7 +26,7 @@ from tl_diffusion_prior.priors.hub import resolve_prior_source
 def load_prior(
     source: str | os.PathLike,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
     *,
     verify: bool = True,
     revision: str | None = None,
@@ -37,7 +38,9 @@ def load_prior(
     Args:
         source: A folder, or ``org/name`` (``org/name@revision``) on the Hugging Face Hub.
         device, dtype: Where to put it and the weights' dtype (None: CPU, the saved dtype; the
-            paper's checkpoints load as float32).
+            paper's checkpoints load as float32). ``dtype="auto"`` is bfloat16 where ``device``
+            computes it natively and float32 elsewhere (faster steering, same results to ~0.3%;
+            :mod:`~tl_diffusion_prior.core.precision`).
         verify: Compare our format's weights with their recorded checksums (False skips that
             read of the file, for speed).
         revision: A branch, tag or commit of the hub repository (default: its main branch).
@@ -48,6 +51,7 @@ def load_prior(
     A multi-layer checkpoint of the paper loads with no layer picked: ``.at_layer(L)`` gives the
     prior of layer ``L``.
     """
+    dtype = resolve_auto_dtype(dtype, device)
     directory, provenance = resolve_prior_source(
         source, revision=revision, cache_dir=cache_dir, checkpoint=checkpoint
     )

@@ -47,7 +47,7 @@ class TrainConfig(ConfigBase):
             after a final validation and checkpoint (``stopped_reason == "time_budget"``).
         refill_every: call ``refill`` every this many steps; 0 never refills.
         refill_fraction: each refill captures this fraction of the buffer's capacity.
-        autocast: ``"auto"`` (bf16 on CUDA and on CPUs with hardware bf16, else off),
+        autocast: ``"auto"`` (bf16 on CUDA GPUs and CPUs that compute it natively, else off),
             ``"bf16"`` or ``"off"``.
         progress: show a tqdm progress bar with the loss (rank 0 only).
     """

@@ -13,9 +13,9 @@ import torch
 
 from tl_diffusion_prior.capture.buffer import ActivationRingBuffer
 from tl_diffusion_prior.core import distributed
+from tl_diffusion_prior.core.precision import cpu_has_fast_bf16
 from tl_diffusion_prior.priors.base import DiffusionPrior
 from tl_diffusion_prior.training.config import TrainConfig
-from tl_diffusion_prior.training.runtime import cpu_has_fast_bf16
 
 
 @dataclass

@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 import torch
 
+from tl_diffusion_prior.core.precision import has_fast_bf16
 from tl_diffusion_prior.training.config import TrainConfig
 
 
@@ -21,26 +22,16 @@ def derive_seed(*parts: int) -> int:
     return int(value) >> 1
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU multiplies bf16 matrices in hardware (AVX512-BF16 or AMX).
-
-    Where it does, a large bf16 matmul runs ~3x faster than float32 (830 against 225-285 GFLOP/s
-    for 2048 x 2048 on the 2-core development machine), and bf16 training of the MLP prior doubles
-    its samples/s with the same loss curve (``benchmarks/recipes.py``). Elsewhere bf16 is emulated
-    and slower than float32.
-    """
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    # torch.cpu exposes these probes with a leading underscore; a torch without them gets fp32.
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
 def uses_bf16(mode: str, device: torch.device) -> bool:
     """Whether autocast ``mode`` ("auto", "bf16", "off") runs bf16 on ``device``.
 
-    "auto" is bf16 on CUDA and on CPUs with hardware bf16 (:func:`cpu_has_fast_bf16`).
+    "auto" is bf16 where the device computes it natively (:func:`~tl_diffusion_prior.core.
+    precision.has_fast_bf16`: CUDA from Ampere on, CPUs with AVX512-BF16 or AMX). There bf16
+    training of the MLP prior doubles its samples/s with the same loss curve
+    (``benchmarks/recipes.py``).
     """
     if mode == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+        return has_fast_bf16(device)
     return mode == "bf16"
 
 
