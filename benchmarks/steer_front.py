@@ -11,7 +11,8 @@ scale ``r`` (the hook adds ``r`` x the reference norm along the vector's unit di
   ``--prior-settings`` adds other settings of the same prior as methods of their own, each
   ``MODE@T``: ``replace@0.5`` is the above, ``edit@0.3`` denoises the edit only
   (``denoise_mode="edit"``: ``h + D(h + delta) - D(h)``, one noise for both terms) from t = 0.3;
-* ``UNet prior`` (``--unet DIR``): a saved UNet prior at the same hook, same settings;
+* ``UNet prior`` (``--unet DIR``): a saved UNet prior at the same hook, at each of
+  ``--unet-settings`` (same ``MODE@T`` form, default the paper's ``replace@0.5``);
 * ``SAE`` (``--sae DIR``): the steered positions replaced by an SAE's reconstruction;
 * ``PCA``: replaced by their projection on the top-``--pca-k`` principal components of
   ``--pca-rows`` activations captured from the training corpus at the hook.
@@ -29,7 +30,9 @@ time with and without the prior.
         [--unet DIR] [--sae DIR] [--quick]
 
 Writes ``results.json``, ``report.md`` (tables, the targets, example generations chosen by a
-fixed rule) and ``front.png`` to ``--out``.
+fixed rule) and ``front.png`` to ``--out``. The shipped prior's weights are loaded with
+``dtype="auto"`` (bfloat16 on a CPU with native bf16, as the library does by default);
+``--time-only`` times the generation with them in float32 and in bfloat16 instead.
 """
 
 from __future__ import annotations
@@ -83,11 +86,14 @@ def main() -> None:
     prior = load_default_prior(device=model_device(model))
     hook = prior.config.hook_name
     norm = reference_norm_from_prior(prior)
-    methods, method_options = build_methods(args, model, prior, hook)
     concepts = DEFAULT_CONCEPTS[: args.concepts]
     prompts = DEFAULT_PROMPTS[: args.prompts]
     if args.chat:
         prompts = chat_prompts(model.tokenizer, prompts)
+    if args.time_only:
+        time_prior_dtypes(args, model, hook, norm, concepts[0], prompts, out)
+        return
+    methods, method_options = build_methods(args, model, prior, hook)
     seeds = tuple(range(args.seeds))
     items: dict[str, list] = {}
     start = time.perf_counter()
@@ -156,6 +162,13 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--unet", default=None, help="a saved UNet prior at the same hook")
+    parser.add_argument(
+        "--unet-settings",
+        nargs="+",
+        default=[(DEFAULT_DENOISE_MODE, DEFAULT_T_START)],
+        type=prior_setting,
+        help="settings of the UNet prior (with --unet), each a method: MODE@T as above",
+    )
     parser.add_argument("--sae", default=None, help="a saved SAE baseline at the same hook")
     parser.add_argument("--pca-k", type=int, default=128, help="0 leaves PCA out")
     parser.add_argument(
@@ -192,6 +205,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--report-only", action="store_true", help="rewrite the report from --out/results.json"
     )
+    parser.add_argument(
+        "--time-only",
+        action="store_true",
+        help="only time one batched generation per --prior-settings, with the prior's weights "
+        "in float32 and in bfloat16, against plain steering",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,11 +236,11 @@ def prior_setting(text: str) -> tuple[str, float]:
     return mode, t_start
 
 
-def prior_method_name(mode: str, t_start: float) -> str:
+def prior_method_name(mode: str, t_start: float, kind: str = "MLP") -> str:
     """``MLP prior`` for the paper's setting (the name earlier results use), else with it."""
     if (mode, t_start) == (DEFAULT_DENOISE_MODE, DEFAULT_T_START):
-        return "MLP prior"
-    return f"MLP prior ({mode}, t={t_start:g})"
+        return f"{kind} prior"
+    return f"{kind} prior ({mode}, t={t_start:g})"
 
 
 def build_methods(args: argparse.Namespace, model, prior, hook: str) -> tuple[dict, dict]:
@@ -236,7 +255,10 @@ def build_methods(args: argparse.Namespace, model, prior, hook: str) -> tuple[di
     if args.unet:
         unet = load_prior(args.unet, device=model_device(model))
         unet.check_compatible(hook_name=hook, d_model=model.cfg.d_model)
-        methods["UNet prior"] = unet
+        for mode, t_start in args.unet_settings:
+            name = prior_method_name(mode, t_start, kind="UNet")
+            methods[name] = unet
+            options[name] = {"denoise_mode": mode, "t_start": t_start}
     if args.sae:
         sae = SAEReconstructor(load_baseline(args.sae, device=model_device(model)))
         methods["SAE"] = lambda x: sae.reconstruct(x)
@@ -255,7 +277,7 @@ def describe(method, options: dict) -> dict:
     if hasattr(method, "config"):
         defaults = {"t_start": DEFAULT_T_START, "num_steps": DEFAULT_NUM_STEPS}
         settings = {**defaults, "denoise_mode": DEFAULT_DENOISE_MODE, **options}
-        return {"prior": type(method).__name__, **settings}
+        return {"prior": type(method).__name__, "dtype": str(method.dtype), **settings}
     return dict(getattr(method, "setting", {}))
 
 
@@ -320,6 +342,31 @@ def generation_time(
                 )  # fmt: skip
             times[name].append(time.perf_counter() - start)
     return {name: sorted(values)[len(values) // 2] for name, values in times.items()}
+
+
+def time_prior_dtypes(args, model, hook, norm, concept, prompts, out: Path) -> None:
+    """``--time-only``: the generation time of each ``--prior-settings`` with the shipped prior's
+    weights in float32 and in bfloat16, against plain steering, in one interleaved run; written
+    to ``generation_time.json``."""
+    methods: dict = {}
+    options: dict = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        prior = load_default_prior(device=model_device(model), dtype=dtype)
+        for mode, t_start in args.prior_settings:
+            name = f"{prior_method_name(mode, t_start)} [{str(dtype).removeprefix('torch.')}]"
+            methods[name] = prior
+            options[name] = {"denoise_mode": mode, "t_start": t_start}
+    seconds = generation_time(model, hook, methods, options, concept, prompts, norm, args.positions)
+    record = {
+        "date": str(date.today()),
+        "machine": f"{platform.machine()}, torch threads {torch.get_num_threads()}",
+        "prompts": len(prompts),
+        "positions": args.positions,
+        "generation_seconds": seconds,
+    }
+    (out / "generation_time.json").write_text(json.dumps(record, indent=1))
+    for name, value in seconds.items():
+        print(f"{name}: {value:.1f} s = {value / seconds[PLAIN]:.2f}x plain")
 
 
 # ------------------------------------------------------------------------------------ report
@@ -398,12 +445,14 @@ def target_lines(points, methods, results) -> list[str]:
             + ", ".join(f"r={r:g}: {v:.0%}" for r, v in kept.items())
             + "."
         )
+    # The first MLP prior setting against every method that is neither plain nor the MLP prior.
+    mlp = next((m for m in methods if m.startswith("MLP prior")), None)
     for method in methods:
-        if method in (PLAIN, "MLP prior") or "MLP prior" not in methods:
+        if mlp is None or method == PLAIN or method.startswith("MLP prior"):
             continue
-        found = matched_comparisons(points, "MLP prior", method)
+        found = matched_comparisons(points, mlp, method)
         verdicts = ", ".join(f"r={c.scale:g}: {c.verdict}" for c in found) or "none in range"
-        lines.append(f"- MLP prior vs {method} at matched lift (fluent fraction): {verdicts}.")
+        lines.append(f"- {mlp} vs {method} at matched lift (fluent fraction): {verdicts}.")
     times = results["generation_seconds"]
     for name, seconds in times.items():
         if name != PLAIN:
