@@ -7,18 +7,25 @@ ones, with the same noise, are printed and added to the prior's training record 
 with the in-sample Gaussian reference of the same rows.
 
     .venv/bin/python scripts/ship_default_prior.py --trained /tmp/default_prior
+
+A run resumed from a checkpoint written before checkpoints kept each session's command records
+only the steps of its earlier sessions; ``--earlier-session DIR`` (the prior an earlier session
+saved, oldest first) puts that session's own record in their place, so the shipped record holds
+every command that trained the weights.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shlex
 import sys
+from pathlib import Path
 
 import torch
 
-from tl_diffusion_prior.constants import WEIGHTS_NAME
+from tl_diffusion_prior.constants import TRAINING_RECORD_NAME, WEIGHTS_NAME
 from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.priors.default_prior import DEFAULT_PRIOR_DIR
@@ -34,9 +41,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--trained", required=True, help="the prior directory train wrote")
     parser.add_argument("--heldout-rows", type=int, default=16_384)
+    parser.add_argument(
+        "--earlier-session",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="the prior an earlier session of a resumed run saved (repeat, oldest first)",
+    )
     args = parser.parse_args()
 
     prior = load_prior(args.trained, dtype=torch.float32)
+    record = _with_earlier_sessions(prior.training_record, args.earlier_session)
     model = load_default_model()
     ctx = int(prior.training_record.get("ctx", 128))
     buffer, _, _ = capture_corpus(model, "heldout", args.heldout_rows, ctx, prior.config.hook_name)
@@ -55,7 +70,7 @@ def main() -> None:
     shipped = copy.deepcopy(prior).to(torch.bfloat16)
     shipped.record_training(
         {
-            **prior.training_record,
+            **record,
             "shipped": {
                 "command": shlex.join(["python", *sys.argv]),
                 "stored_dtype": "bfloat16",
@@ -71,6 +86,27 @@ def main() -> None:
     print(f"saved to {DEFAULT_PRIOR_DIR} ({size / 2**20:.1f} MiB)")
     if size > MAX_BYTES:
         raise SystemExit(f"{WEIGHTS_NAME} is {size / 2**20:.1f} MiB, over the 32 MiB limit.")
+
+
+def _with_earlier_sessions(record: dict, earlier_dirs: list[str]) -> dict:
+    """``record`` with ``earlier_sessions`` filled from the records the earlier sessions saved.
+
+    Each earlier session trained from the step where the one before it ended to the step its own
+    record reached (its checkpoint, which the next session resumed)."""
+    if not earlier_dirs:
+        return record
+    sessions, from_step = [], 0
+    for directory in earlier_dirs:
+        earlier = json.loads((Path(directory) / TRAINING_RECORD_NAME).read_text())
+        sessions.append({"from_step": from_step, "to_step": earlier["steps"], **earlier})
+        from_step = earlier["steps"]
+    known = record.get("earlier_sessions", [{"from_step": 0, "to_step": from_step}])
+    if known[-1].get("to_step") != from_step:
+        raise SystemExit(
+            f"The earlier sessions end at step {from_step}, but the run resumed at step "
+            f"{known[-1].get('to_step')}: pass the prior saved by the session it resumed."
+        )
+    return {**record, "earlier_sessions": sessions}
 
 
 if __name__ == "__main__":

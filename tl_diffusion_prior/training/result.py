@@ -66,11 +66,12 @@ def record_provenance(
     result: TrainResult,
     buffer: ActivationRingBuffer,
     hook: int | tuple[int, ...],
-    provenance: dict[str, Any] | None,
+    sessions: list[dict[str, Any]],
 ) -> None:
-    """Record what the run did, on what and where (plus ``provenance``) in the prior's
-    ``training_record``, including the buffer's provenance (the source model's name and weight
-    fingerprint, which :meth:`DiffusionPrior.check_compatible` compares)."""
+    """Record what the run did, on what and where in the prior's ``training_record``: the
+    buffer's provenance (the source model's name and weight fingerprint, which
+    :meth:`DiffusionPrior.check_compatible` compares), the last session's provenance (command,
+    corpus, ...) and, for a resumed run, the earlier sessions' (``earlier_sessions``)."""
     training = {
         "steps": result.steps,
         "samples_seen": result.samples_seen,
@@ -93,8 +94,10 @@ def record_provenance(
         **buffer.provenance,
         "train_config": {k: v for k, v in config.to_dict().items() if k != "checkpoint_dir"},
     }
-    if provenance:
-        training.update(provenance)
+    *earlier, last = sessions
+    training.update({k: v for k, v in last.items() if k != "from_step"})
+    if earlier:
+        training["earlier_sessions"] = earlier
     prior.record_training(training)
 
 

@@ -44,6 +44,8 @@ class TrainingRun:
         generators: the ``"batch"`` (buffer rows) and ``"noise"`` (loss noise) generators.
         history: the rows of ``loss.csv``, including those of earlier sessions.
         start_step, elapsed_before: step and wall-clock seconds where this session started.
+        sessions: the provenance of each session of the run (``from_step``, and ``to_step`` for
+            finished ones), this one last; checkpointed, so a resumed run records every command.
         done: steps completed so far, over all sessions.
         last_checkpoint: the latest checkpoint written or resumed from.
         session_start: ``time.perf_counter()`` when :meth:`loop` started.
@@ -60,6 +62,7 @@ class TrainingRun:
     generators: dict[str, torch.Generator]
     validation: Validation
     history: list[dict[str, Any]] = field(default_factory=list)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
     start_step: int = 0
     elapsed_before: float = 0.0
     samples_seen: int = 0
@@ -84,6 +87,7 @@ class TrainingRun:
         state: ckpt.Checkpoint | None,
         val_activations: Tensor | None,
         fit_rows: Tensor | None,
+        provenance: dict[str, Any] | None = None,
     ) -> TrainingRun:
         """Model, optimizer, EMA and generators, restored from ``state`` if any; then validation.
 
@@ -102,7 +106,7 @@ class TrainingRun:
             "batch": batch_generator.manual_seed(derive_seed(config.seed, rank, 1)),
             "noise": noise_generator.manual_seed(derive_seed(config.seed, rank, 2)),
         }
-        counters: dict[str, Any] = {}
+        counters: dict[str, Any] = {"sessions": [{"from_step": 0, **(provenance or {})}]}
         if state is not None:
             ckpt.restore_training_state(
                 state,
@@ -112,7 +116,12 @@ class TrainingRun:
                 buffer=buffer,
                 refill=refill,
             )
+            # The sessions before this one end at the checkpoint resumed (later steps are redone);
+            # a checkpoint written before sessions were recorded knows only their step range.
+            earlier = [dict(session) for session in state.meta.get("sessions", [{"from_step": 0}])]
+            earlier[-1]["to_step"] = state.step
             counters = {
+                "sessions": [*earlier, {"from_step": state.step, **(provenance or {})}],
                 "history": list(state.meta["history"]),
                 "start_step": state.step,
                 "elapsed_before": float(state.meta["elapsed_s"]),
@@ -272,6 +281,7 @@ class TrainingRun:
             config=self.config,
             meta={
                 "history": self.history,
+                "sessions": self.sessions,
                 "elapsed_s": self.elapsed_s(),
                 "samples_seen": self.samples_seen,
                 "gaussian_reference": self.validation.reference,
@@ -281,7 +291,7 @@ class TrainingRun:
             _write_curves(self.run_dir, self.history, self.validation.reference, self.prior)
         return path
 
-    def finish(self, provenance: dict[str, Any] | None) -> TrainResult:
+    def finish(self) -> TrainResult:
         """EMA weights into the prior, the result, and its provenance into the prior's config."""
         session_s = time.perf_counter() - self.session_start
         if self.stopped_reason == "already_complete":
@@ -301,7 +311,7 @@ class TrainingRun:
             stopped_reason=self.stopped_reason,
             checkpoint=self.last_checkpoint,
         )
-        record_provenance(self.prior, self.config, result, self.buffer, self.hook, provenance)
+        record_provenance(self.prior, self.config, result, self.buffer, self.hook, self.sessions)
         return result
 
 

@@ -89,6 +89,8 @@ def train_prior(
             multi-layer prior (``GLPPrior`` with no layer picked) trains on all its hooks, which
             the buffer must hold; leave ``hook`` unset.
         provenance: extra JSON-able facts (corpus, tokens, model) for ``prior.training_record``.
+            It is checkpointed: a resumed run's record also lists those of its earlier sessions
+            (``earlier_sessions``, each with the steps it trained).
         callback: called with the number of completed steps after each step (after that step's
             checkpoint); an exception it raises interrupts training as a crash would.
 
@@ -118,12 +120,13 @@ def train_prior(
         state=state,
         val_activations=val_activations,
         fit_rows=fit_rows,
+        provenance=provenance,
     )
     del fit_rows
     if state is None:
         run.validate_start()
     run.loop(callback)
-    return run.finish(provenance)
+    return run.finish()
 
 
 def _check_inputs(
