@@ -20,12 +20,13 @@ import argparse
 import copy
 import json
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
 import torch
 
-from tl_diffusion_prior.constants import TRAINING_RECORD_NAME, WEIGHTS_NAME
+from tl_diffusion_prior.constants import LOSS_CSV_NAME, TRAINING_RECORD_NAME, WEIGHTS_NAME
 from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.priors.default_prior import DEFAULT_PRIOR_DIR
@@ -82,6 +83,9 @@ def main() -> None:
         }
     )
     shipped.save_pretrained(DEFAULT_PRIOR_DIR)
+    # The loss curve of the whole run (every session), for readers of the package.
+    if (Path(args.trained) / LOSS_CSV_NAME).is_file():
+        shutil.copyfile(Path(args.trained) / LOSS_CSV_NAME, DEFAULT_PRIOR_DIR / LOSS_CSV_NAME)
     size = (DEFAULT_PRIOR_DIR / WEIGHTS_NAME).stat().st_size
     print(f"saved to {DEFAULT_PRIOR_DIR} ({size / 2**20:.1f} MiB)")
     if size > MAX_BYTES:
