@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import shutil
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 import torch
 
 from tl_diffusion_prior.constants import LOSS_CSV_NAME, TRAINING_RECORD_NAME, WEIGHTS_NAME
+from tl_diffusion_prior.core.serialization import read_json
 from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.priors import load_prior
 from tl_diffusion_prior.priors.default_prior import DEFAULT_PRIOR_DIR
@@ -101,14 +101,15 @@ def _with_earlier_sessions(record: dict, earlier_dirs: list[str]) -> dict:
         return record
     sessions, from_step = [], 0
     for directory in earlier_dirs:
-        earlier = json.loads((Path(directory) / TRAINING_RECORD_NAME).read_text())
+        earlier = read_json(Path(directory) / TRAINING_RECORD_NAME)
         sessions.append({"from_step": from_step, "to_step": earlier["steps"], **earlier})
         from_step = earlier["steps"]
-    known = record.get("earlier_sessions", [{"from_step": 0, "to_step": from_step}])
-    if known[-1].get("to_step") != from_step:
+    # A record that has its earlier sessions' step range must end where the given ones end.
+    resumed_at = record.get("earlier_sessions", [{}])[-1].get("to_step", from_step)
+    if resumed_at != from_step:
         raise SystemExit(
             f"The earlier sessions end at step {from_step}, but the run resumed at step "
-            f"{known[-1].get('to_step')}: pass the prior saved by the session it resumed."
+            f"{resumed_at}: pass the prior saved by the session it resumed."
         )
     return {**record, "earlier_sessions": sessions}
 

@@ -42,8 +42,10 @@ def test_provenance_is_recorded_in_the_prior_config(tmp_path):
 def test_a_resumed_run_records_every_session_and_the_steps_each_trained(tmp_path):
     first, second = {"command": "train --steps 12", "corpus": "a"}, {"command": "train --resume"}
     budget = tiny_config(checkpoint_dir=tmp_path, time_budget_s=1e-9)
-    stopped = train_prior(tiny_prior(), filled_buffer(), budget, provenance=first)
-    assert stopped.steps == 1 and "earlier_sessions" not in tiny_prior().training_record
+    first_prior = tiny_prior()
+    stopped = train_prior(first_prior, filled_buffer(), budget, provenance=first)
+    assert stopped.steps == 1 and first_prior.training_record["command"] == first["command"]
+    assert "earlier_sessions" not in first_prior.training_record
     prior = tiny_prior()
     train_prior(prior, filled_buffer(), tiny_config(checkpoint_dir=tmp_path), provenance=second)
     training = prior.training_record

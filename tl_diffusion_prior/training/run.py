@@ -106,7 +106,8 @@ class TrainingRun:
             "batch": batch_generator.manual_seed(derive_seed(config.seed, rank, 1)),
             "noise": noise_generator.manual_seed(derive_seed(config.seed, rank, 2)),
         }
-        counters: dict[str, Any] = {"sessions": [{"from_step": 0, **(provenance or {})}]}
+        counters: dict[str, Any] = {}
+        earlier: list[dict[str, Any]] = []
         if state is not None:
             ckpt.restore_training_state(
                 state,
@@ -121,13 +122,14 @@ class TrainingRun:
             earlier = [dict(session) for session in state.meta.get("sessions", [{"from_step": 0}])]
             earlier[-1]["to_step"] = state.step
             counters = {
-                "sessions": [*earlier, {"from_step": state.step, **(provenance or {})}],
                 "history": list(state.meta["history"]),
                 "start_step": state.step,
                 "elapsed_before": float(state.meta["elapsed_s"]),
                 "samples_seen": int(state.meta["samples_seen"]),
                 "last_checkpoint": state.path,
             }
+        this_session = {"from_step": counters.get("start_step", 0), **(provenance or {})}
+        counters["sessions"] = [*earlier, this_session]
         saved_reference = state.meta["gaussian_reference"] if state is not None else None
         validation = setup_validation(
             prior, buffer, hook, config, val_activations, fit_rows, saved_reference
