@@ -8,6 +8,14 @@ held-out loss over each one's own Gaussian reference and training samples per se
 differ in ``patch_size`` (square patches of the grid become channels, so the UNet runs at a
 coarser resolution with more channels), width and attention.
 
+Two designs diagnose *why* the UNets stay at their reference. ``patch12-scale-shift`` is the
+near-dense 2 x 2 UNet with diffusers' FiLM-style time conditioning
+(``resnet_time_scale_shift="scale_shift"``: each ResNet's features are scaled and shifted by the
+time embedding, like the MLP's time-scaled gates). ``mlp-ddpm`` is not a UNet: the MLP prior's
+network trained on exactly the UNet's objective (DDPM noise prediction, uniform integer timesteps,
+the same Gaussian skip, batch and learning rate as the MLP), so the network is the only thing that
+differs from the UNets.
+
 It also scores the MLP priors (the one trained here, and the shipped one, trained for hours) on the
 UNet's objective: converted from velocity to noise prediction, under the same DDPM loss on the
 same held-out rows. A flow state ``(1 - t) x + t eps`` is the DDPM state
@@ -18,6 +26,8 @@ under this objective, at the same budget and after hours.
 
     .venv/bin/python benchmarks/unet_design.py --seconds 300
     .venv/bin/python benchmarks/unet_design.py --seconds 600 --designs cpu patch4
+    .venv/bin/python benchmarks/unet_design.py --seconds 300 \
+        --designs patch12-scale-shift --mlp-ddpm
 """
 
 from __future__ import annotations
@@ -32,10 +42,12 @@ from pathlib import Path
 
 import torch
 from benchmark_setup import add_data_arguments, model_and_activations
+from torch import nn
 
 from tl_diffusion_prior.constants import DEFAULT_HOOK
 from tl_diffusion_prior.priors import MLPPrior, MLPPriorConfig, UNetPrior, UNetPriorConfig
 from tl_diffusion_prior.priors.default_prior import load_default_prior
+from tl_diffusion_prior.priors.mlp import FlowMLP
 from tl_diffusion_prior.recipes import PRIOR_PRESETS, calibrate_steps, train_demo_prior
 from tl_diffusion_prior.training import FIT_ROWS
 
@@ -69,7 +81,35 @@ DESIGNS: dict[str, tuple[str, dict]] = {
         "patch 12 (2x2, 256, no attention)",
         dict(patch_size=12, unet=_unet([256], False)),
     ),
+    "patch12-scale-shift": (
+        "patch 12 (2x2, 256, no attention), time scale-shift",
+        dict(
+            patch_size=12,
+            unet={**_unet([256], False), "resnet_time_scale_shift": "scale_shift"},
+        ),
+    ),
 }
+
+
+class MLPNoisePredictor(nn.Module):
+    """The MLP prior's network as a DDPM noise predictor: ``FlowMLP(z_t, timestep / 1000)`` plus
+    the UNet prior's Gaussian skip, for the ``mlp-ddpm`` diagnostic (not a shipped design)."""
+
+    def __init__(self, names: dict, gaussian: nn.Module) -> None:
+        super().__init__()
+        self.mlp = FlowMLP(MLPPriorConfig(**names, gaussian_skip=False))
+        self.gaussian = gaussian
+
+    def forward(self, z_t: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        t = timesteps.float().reshape(-1) / 1000.0
+        return self.mlp.velocity(z_t, t) + self.gaussian(z_t, timesteps)
+
+
+def mlp_ddpm_prior(names: dict) -> UNetPrior:
+    """A UNetPrior (DDPM objective, sampling, Gaussian skip) whose network is the MLP's."""
+    prior = UNetPrior(UNetPriorConfig.preset("cpu", **names, layout="identity"))
+    prior.network = MLPNoisePredictor(names, prior.network.gaussian)
+    return prior
 
 
 @torch.no_grad()
@@ -108,6 +148,11 @@ def main() -> None:
     parser.add_argument(
         "--designs", nargs="+", choices=sorted(DESIGNS), default=list(DESIGNS), help="UNets"
     )
+    parser.add_argument(
+        "--mlp-ddpm",
+        action="store_true",
+        help="also train the MLP's network on the UNet's DDPM objective (batch --mlp-batch-size)",
+    )
     add_data_arguments(parser, n_train=120_000, n_val=8_000)
     args = parser.parse_args()
 
@@ -131,6 +176,22 @@ def main() -> None:
                 lr=args.unet_lr,
             )
             rows.append((f"UNet {label}, lr {args.unet_lr:g}", prior.num_parameters, result))
+        if args.mlp_ddpm:
+            torch.manual_seed(0)
+            prior = mlp_ddpm_prior(names)
+            mlp_scale = replace(scale, batch_size=args.mlp_batch_size)
+            steps = calibrate_steps(prior, buffer, mlp_scale.batch_size, args.seconds)
+            result = train_demo_prior(
+                "mlp-ddpm",
+                prior,
+                buffer,
+                val_acts,
+                mlp_scale,
+                Path(out) / "mlp-ddpm",
+                steps,
+                lr=PRIOR_PRESETS["mlp"]["cpu"]["lr"],
+            )
+            rows.append(("MLP network on the UNet's DDPM objective", prior.num_parameters, result))
         scored = {
             "the shipped MLP prior (trained for hours)": load_default_prior(dtype=torch.float32)
         }
