@@ -8,13 +8,14 @@ held-out loss over each one's own Gaussian reference and training samples per se
 differ in ``patch_size`` (square patches of the grid become channels, so the UNet runs at a
 coarser resolution with more channels), width and attention.
 
-Two designs diagnose *why* the UNets stay at their reference. ``patch12-scale-shift`` is the
-near-dense 2 x 2 UNet with diffusers' FiLM-style time conditioning
-(``resnet_time_scale_shift="scale_shift"``: each ResNet's features are scaled and shifted by the
-time embedding, like the MLP's time-scaled gates). ``mlp-ddpm`` is not a UNet: the MLP prior's
-network trained on exactly the UNet's objective (DDPM noise prediction, uniform integer timesteps,
-the same Gaussian skip, batch and learning rate as the MLP), so the network is the only thing that
-differs from the UNets.
+Three designs diagnose *why* the UNets stay at their reference. ``patch24`` runs the UNet on one
+576-channel pixel, so no weight is shared between grid positions (its 3 x 3 convolutions act as
+dense layers). ``patch12-scale-shift`` and ``patch24-scale-shift`` add diffusers' FiLM-style time
+conditioning (``resnet_time_scale_shift="scale_shift"``: each ResNet's features are scaled and
+shifted by the time embedding, like the MLP's time-scaled gates). ``mlp-ddpm`` is not a UNet:
+the MLP prior's network trained on exactly the UNet's objective (DDPM noise prediction, uniform
+integer timesteps, the same Gaussian skip, batch and learning rate as the MLP), so the network is
+the only thing that differs from the UNets.
 
 It also scores the MLP priors (the one trained here, and the shipped one, trained for hours) on the
 UNet's objective: converted from velocity to noise prediction, under the same DDPM loss on the
@@ -28,6 +29,8 @@ under this objective, at the same budget and after hours.
     .venv/bin/python benchmarks/unet_design.py --seconds 600 --designs cpu patch4
     .venv/bin/python benchmarks/unet_design.py --seconds 300 \
         --designs patch12-scale-shift --mlp-ddpm
+    .venv/bin/python benchmarks/unet_design.py --seconds 300 --batch-size 1024 --no-mlp \
+        --designs patch24 patch24-scale-shift
 """
 
 from __future__ import annotations
@@ -85,6 +88,17 @@ DESIGNS: dict[str, tuple[str, dict]] = {
         "patch 12 (2x2, 256, no attention), time scale-shift",
         dict(
             patch_size=12,
+            unet={**_unet([256], False), "resnet_time_scale_shift": "scale_shift"},
+        ),
+    ),
+    "patch24": (
+        "patch 24 (1x1, 256, no attention)",
+        dict(patch_size=24, unet=_unet([256], False)),
+    ),
+    "patch24-scale-shift": (
+        "patch 24 (1x1, 256, no attention), time scale-shift",
+        dict(
+            patch_size=24,
             unet={**_unet([256], False), "resnet_time_scale_shift": "scale_shift"},
         ),
     ),
