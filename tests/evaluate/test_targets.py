@@ -92,6 +92,33 @@ def test_benchmark_ratios():
     assert small["c_frechet"]["mlp prior samples"]["reliable"] is False
 
 
+def test_targets_are_the_prior_quality_issues():
+    # (b) <= 0.5 of the best SAE and (c) within 1.5x the floor: a reconstruction ratio of 0.4
+    # meets (b), and the shipped prior's second version's Frechet ratio, 1.52, misses (c).
+    rows = [r for r in _results() if not (r.method == "mlp prior" and r.condition == "reconstruct")]
+    rows.append(
+        _result("mlp prior", {"t": 0.5, "num_steps": 20}, "heldout", "reconstruct", 0.04, 0.3)
+    )
+    frechet = {
+        "results": [{"name": "mlp prior samples", "normalized_ratio": 1.52, "raw_ratio": 3.0}],
+        "floor": {"n": 20_000},
+        "n_heldout": 20_000,
+        "d_model": 100,
+    }
+    targets = benchmark_targets(
+        rows,
+        frechet,
+        prior_methods=["mlp prior"],
+        multi_step_prior_methods=["mlp prior"],
+        heldout="heldout",
+        ood=None,
+    )
+    b = targets["b_reconstruction_vs_sae"]
+    assert b["ratio"] == pytest.approx(0.4) and b["target"] == 0.5 and b["met"] is True
+    c = targets["c_frechet"]["mlp prior samples"]
+    assert c["target"] == 1.5 and c["met"] is False
+
+
 def test_missing_inputs_give_no_ratio():
     targets = benchmark_targets(
         [], None, prior_methods=[], multi_step_prior_methods=[], heldout="heldout", ood=None
