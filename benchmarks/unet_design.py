@@ -8,11 +8,13 @@ held-out loss over each one's own Gaussian reference and training samples per se
 differ in ``patch_size`` (square patches of the grid become channels, so the UNet runs at a
 coarser resolution with more channels), width and attention.
 
-Three designs diagnose *why* the UNets stay at their reference. ``patch24`` runs the UNet on one
+Four designs diagnose *why* the UNets stay at their reference. ``patch24`` runs the UNet on one
 576-channel pixel, so no weight is shared between grid positions (its 3 x 3 convolutions act as
 dense layers). ``patch12-scale-shift`` and ``patch24-scale-shift`` add diffusers' FiLM-style time
 conditioning (``resnet_time_scale_shift="scale_shift"``: each ResNet's features are scaled and
-shifted by the time embedding, like the MLP's time-scaled gates). ``mlp-ddpm`` is not a UNet:
+shifted by the time embedding, like the MLP's time-scaled gates); ``patch24-one-group`` also
+normalises all 256 channels together, as the MLP's LayerNorm does, instead of in groups of 32.
+``mlp-ddpm`` is not a UNet:
 the MLP prior's network trained on exactly the UNet's objective (DDPM noise prediction, uniform
 integer timesteps, the same Gaussian skip, batch and learning rate as the MLP), so the network is
 the only thing that differs from the UNets.
@@ -31,6 +33,8 @@ under this objective, at the same budget and after hours.
         --designs patch12-scale-shift --mlp-ddpm
     .venv/bin/python benchmarks/unet_design.py --seconds 300 --batch-size 1024 --no-mlp \
         --designs patch24 patch24-scale-shift
+    .venv/bin/python benchmarks/unet_design.py --seconds 300 --batch-size 1024 --no-mlp \
+        --designs patch24-one-group
 """
 
 from __future__ import annotations
@@ -100,6 +104,17 @@ DESIGNS: dict[str, tuple[str, dict]] = {
         dict(
             patch_size=24,
             unet={**_unet([256], False), "resnet_time_scale_shift": "scale_shift"},
+        ),
+    ),
+    "patch24-one-group": (
+        "patch 24 (1x1, 256, no attention), time scale-shift, GroupNorm of 1 group",
+        dict(
+            patch_size=24,
+            unet={
+                **_unet([256], False),
+                "resnet_time_scale_shift": "scale_shift",
+                "norm_num_groups": 1,
+            },
         ),
     ),
 }
