@@ -14,10 +14,9 @@ dense layers). ``patch12-scale-shift`` and ``patch24-scale-shift`` add diffusers
 conditioning (``resnet_time_scale_shift="scale_shift"``: each ResNet's features are scaled and
 shifted by the time embedding, like the MLP's time-scaled gates); ``patch24-one-group`` also
 normalises all 256 channels together, as the MLP's LayerNorm does, instead of in groups of 32.
-``mlp-ddpm`` is not a UNet:
-the MLP prior's network trained on exactly the UNet's objective (DDPM noise prediction, uniform
-integer timesteps, the same Gaussian skip, batch and learning rate as the MLP), so the network is
-the only thing that differs from the UNets.
+``--mlp-ddpm`` adds a prior that is not a UNet: the MLP prior's network trained on exactly the
+UNet's objective (DDPM noise prediction, uniform integer timesteps, the same Gaussian skip; batch
+and learning rate as the MLP), so the network is the only thing that differs from the UNets.
 
 It also scores the MLP priors (the one trained here, and the shipped one, trained for hours) on the
 UNet's objective: converted from velocity to noise prediction, under the same DDPM loss on the
