@@ -58,18 +58,26 @@ from tl_diffusion_prior.recipes import PRIOR_PRESETS, calibrate_steps, train_dem
 from tl_diffusion_prior.training import FIT_ROWS
 
 
-def _unet(channels: list[int], attention: bool) -> dict:
+def _unet(channels: list[int], attention: bool, **overrides) -> dict:
+    """UNet2DModel keyword arguments for ``channels`` (attention at the lowest resolution), with
+    ``overrides`` (other UNet2DModel arguments) on top."""
     down = ["DownBlock2D"] * len(channels)
     up = ["UpBlock2D"] * len(channels)
     if attention and len(channels) > 1:
         down[-1], up[0] = "AttnDownBlock2D", "AttnUpBlock2D"
-    return dict(
+    unet = dict(
         block_out_channels=channels,
         down_block_types=down,
         up_block_types=up,
         norm_num_groups=8,
         add_attention=attention,
     )
+    return {**unet, **overrides}
+
+
+# diffusers' FiLM-style time conditioning: each ResNet's features scaled and shifted by the
+# time embedding.
+SCALE_SHIFT = {"resnet_time_scale_shift": "scale_shift"}
 
 
 # key -> (label, UNetPriorConfig fields over the "cpu" preset)
@@ -89,10 +97,7 @@ DESIGNS: dict[str, tuple[str, dict]] = {
     ),
     "patch12-scale-shift": (
         "patch 12 (2x2, 256, no attention), time scale-shift",
-        dict(
-            patch_size=12,
-            unet={**_unet([256], False), "resnet_time_scale_shift": "scale_shift"},
-        ),
+        dict(patch_size=12, unet=_unet([256], False, **SCALE_SHIFT)),
     ),
     "patch24": (
         "patch 24 (1x1, 256, no attention)",
@@ -100,21 +105,11 @@ DESIGNS: dict[str, tuple[str, dict]] = {
     ),
     "patch24-scale-shift": (
         "patch 24 (1x1, 256, no attention), time scale-shift",
-        dict(
-            patch_size=24,
-            unet={**_unet([256], False), "resnet_time_scale_shift": "scale_shift"},
-        ),
+        dict(patch_size=24, unet=_unet([256], False, **SCALE_SHIFT)),
     ),
     "patch24-one-group": (
         "patch 24 (1x1, 256, no attention), time scale-shift, GroupNorm of 1 group",
-        dict(
-            patch_size=24,
-            unet={
-                **_unet([256], False),
-                "resnet_time_scale_shift": "scale_shift",
-                "norm_num_groups": 1,
-            },
-        ),
+        dict(patch_size=24, unet=_unet([256], False, **SCALE_SHIFT, norm_num_groups=1)),
     ),
 }
 
