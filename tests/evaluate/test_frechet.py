@@ -9,6 +9,7 @@ from tl_diffusion_prior.evaluate.frechet import (
     GaussianMoments,
     frechet_distance,
     frechet_distance_from_moments,
+    frechet_ratio_interval,
     frechet_table,
     sqrtm_psd,
 )
@@ -105,3 +106,43 @@ def test_frechet_table_floor_and_ratios():
     assert by_name["shifted"].normalized_ratio > 10
     assert by_name["same"].normalized_ratio < 5
     assert math.isclose(by_name["shifted"].raw_ratio, by_name["shifted"].raw / floor.raw)
+
+
+def _ratio_setup():
+    rows = correlated_gaussian(9000, 6, seed=1)
+    train, heldout, same = rows[:3000], rows[3000:6000], rows[6000:]
+    return train, heldout, same, fit_normalizer(train)
+
+
+def test_ratio_interval_centres_on_the_tables_ratio_and_separates_a_shift():
+    train, heldout, same, normalizer = _ratio_setup()
+    shifted = same + 0.3
+    _, rows = frechet_table({"same": same, "shifted": shifted}, heldout, train, normalizer)
+    by_name = {r.name: r for r in rows}
+    for name, candidate in (("same", same), ("shifted", shifted)):
+        ci = frechet_ratio_interval(candidate, heldout, train, normalizer, n_resamples=100)
+        assert ci.mean == pytest.approx(by_name[name].normalized_ratio, rel=1e-9)
+        assert ci.low < ci.mean < ci.high
+    same_ci = frechet_ratio_interval(same, heldout, train, normalizer, n_resamples=100)
+    shifted_ci = frechet_ratio_interval(shifted, heldout, train, normalizer, n_resamples=100)
+    # A sample of the held-out distribution is within its floor; a shifted one clearly is not.
+    assert same_ci.low < 1.0 < same_ci.high
+    assert shifted_ci.low > same_ci.high
+
+
+def test_ratio_interval_resamples_correlated_held_out_rows_by_group():
+    train, rows, same, normalizer = _ratio_setup()
+    # 3000 held-out rows that are 60 groups of 50 near-copies: only 60 independent draws.
+    heldout = rows[:60].repeat_interleave(50, 0) + 0.05 * torch.randn(3000, 6)
+    groups = torch.arange(60).repeat_interleave(50)
+    shifted = same + 0.3
+    by_row = frechet_ratio_interval(shifted, heldout, train, normalizer, n_resamples=100)
+    by_group = frechet_ratio_interval(shifted, heldout, train, normalizer, groups, n_resamples=100)
+    assert by_group.mean == by_row.mean
+    assert by_group.high - by_group.low > 2 * (by_row.high - by_row.low)
+
+
+def test_ratio_interval_refuses_groups_of_the_wrong_length():
+    train, heldout, same, normalizer = _ratio_setup()
+    with pytest.raises(ValueError, match="one group per held-out row"):
+        frechet_ratio_interval(same, heldout, train, normalizer, torch.zeros(5, dtype=torch.long))

@@ -128,6 +128,11 @@ class CleanPass:
         """The patched positions' clean activations, flattened."""
         return self.resid[self.patch_mask]
 
+    @property
+    def row_windows(self) -> Int[Tensor, " rows"]:
+        """The window each of :attr:`rows` comes from (the unit its intervals resample)."""
+        return self.patch_mask.nonzero()[:, 0]
+
 
 class _Splitter:
     """Runs the model up to and from a hook: split forward for resid hooks, hooks otherwise."""

@@ -72,6 +72,9 @@ class EvalSettings(ConfigBase):
         n_fd_samples: Samples per Frechet distance (and train rows of its floor); target (c) is
             flagged unreliable below 20 per dimension (11,520 for d_model 576).
         fd_sample_steps: Sampling steps of the priors for the FD (None: each prior's default).
+        n_fd_bootstrap: Bootstrap resamples of the interval of each prior's FD ratio (target
+            (c)); 0 leaves the interval out. Each resample costs three covariances of
+            ``n_fd_samples`` rows.
         steer_curve_scales: Relative scales of the concept-vs-fluency steering curves (plain
             steering and each prior; see ``evaluate.concept_steering``); empty skips them.
         steer_curve_concepts: How many of ``concepts.DEFAULT_CONCEPTS`` to steer towards.
@@ -110,6 +113,7 @@ class EvalSettings(ConfigBase):
     steer_ts: tuple[float, ...] = (0.5,)
     n_fd_samples: int = 20_000
     fd_sample_steps: int | None = None
+    n_fd_bootstrap: int = 200
     steer_curve_scales: tuple[float, ...] = ()
     steer_curve_concepts: int = 3
     steer_curve_prompts: int = 3
@@ -133,6 +137,7 @@ class EvalSettings(ConfigBase):
             "steer_curve_tokens",
         ):
             check_int(name, getattr(self, name), minimum=1)
+        check_int("n_fd_bootstrap", self.n_fd_bootstrap, minimum=0, hint="0 skips the interval.")
         check_choice("window_mode", self.window_mode, ("packed", "document"))
         if self.seq_len is not None:
             check_int(

@@ -263,6 +263,7 @@ def _frechet_targets(frechet: dict, prior_methods: Sequence[str]) -> dict:
             fd[row["name"]] = {
                 "normalized_ratio": ratio,
                 "raw_ratio": row["raw_ratio"],
+                "interval": row.get("normalized_ratio_ci"),
                 "target": TARGET_FD_RATIO,
                 "met": bool(ratio <= TARGET_FD_RATIO),
                 "reliable": reliable,

@@ -28,6 +28,12 @@ def test_run_covers_every_method_condition_and_dataset(tiny_run):
     assert all(r.delta_lm.mean == 0.0 for r in identity)
     assert report.loss_histories["mlp prior"]["train_loss"][-1] == pytest.approx(1.6)
     assert report.frechet["floor"]["n"] == 100
+    # Only the prior's samples (target (c)) carry an interval, and it holds their ratio.
+    with_interval = [r for r in report.frechet["results"] if r["normalized_ratio_ci"]]
+    assert [r["name"] for r in with_interval] == ["mlp prior samples"]
+    ci = with_interval[0]["normalized_ratio_ci"]
+    assert ci["low"] <= with_interval[0]["normalized_ratio"] <= ci["high"]
+    assert report.targets["c_frechet"]["mlp prior samples"]["interval"] == ci
     assert set(report.targets) >= {
         "a_restoration_heldout",
         "b_reconstruction_vs_sae",

@@ -97,7 +97,8 @@ def _target_lines(targets: dict) -> list[str]:
             )
     for name, entry in targets.get("c_frechet", {}).items():
         lines.append(
-            f"- **(c) normalised FD / floor, {name}**: {entry['normalized_ratio']:.3f} (target <= "
+            f"- **(c) normalised FD / floor, {name}**: {entry['normalized_ratio']:.3f}"
+            f"{_interval(entry.get('interval'))} (target <= "
             f"{entry['target']}: **{'met' if entry['met'] else 'NOT met'}**); raw-space ratio "
             f"{entry['raw_ratio']:.3f}"
             + (
@@ -239,9 +240,21 @@ def _frechet_lines(fd: dict) -> list[str]:
     for row in fd["results"]:
         out.append(
             f"| {row['name']} | {row['n']} | {row['raw']:.4g} | {row['raw_ratio']:.2f} "
-            f"| {row['normalized']:.4g} | {row['normalized_ratio']:.2f} |"
+            f"| {row['normalized']:.4g} | {row['normalized_ratio']:.2f}"
+            f"{_interval(row.get('normalized_ratio_ci'), 2)} |"
         )
+    if any(row.get("normalized_ratio_ci") for row in fd["results"]):
+        out += [
+            "",
+            "Intervals (the priors' samples): 95% bootstrap over the samples, the floor's "
+            "training rows and the held-out windows, resampled together.",
+        ]
     return out
+
+
+def _interval(ci: dict | None, digits: int = 3) -> str:
+    """`` [low, high]`` of a confidence-interval dict; nothing when there is none."""
+    return "" if ci is None else f" [{ci['low']:.{digits}f}, {ci['high']:.{digits}f}]"
 
 
 def _steering_lines(report: EvalReport) -> list[str]:

@@ -28,7 +28,7 @@ from tl_diffusion_prior.evaluate.fidelity import (
     evaluate_reconstructor,
     prepare_clean_pass,
 )
-from tl_diffusion_prior.evaluate.frechet import frechet_table
+from tl_diffusion_prior.evaluate.frechet import frechet_ratio_interval, frechet_table
 from tl_diffusion_prior.evaluate.plan import Baselines
 from tl_diffusion_prior.evaluate.reconstructors import (
     PCAReconstructor,
@@ -164,9 +164,12 @@ def frechet_section(
     heldout: Tensor,
     normalizer: Normalizer,
     settings: EvalSettings,
+    heldout_windows: Tensor | None = None,
 ) -> tuple[dict, dict[str, Tensor]]:
     """FD of prior samples, Gaussian samples and baseline reconstructions of training rows, each
-    against the held-out rows, with the train-vs-held-out floor at the same sample size.
+    against the held-out rows, with the train-vs-held-out floor at the same sample size. The
+    priors' samples (target (c)) also get a bootstrap interval of their normalised ratio, the
+    held-out rows resampled by ``heldout_windows`` (each row's window) when given.
 
     Returns:
         The report's ``frechet`` section, and the compared sets by name (the ``... samples`` ones
@@ -189,6 +192,17 @@ def frechet_section(
         knobs = ", ".join(f"{k}={v}" for k, v in method.setting.items())
         candidates[f"{method.name} ({knobs}) reconstruction"] = method.reconstruct(train_sub)
     floor, rows = frechet_table(candidates, heldout, train_sub, normalizer)
+    for row in rows[: len(priors)] if settings.n_fd_bootstrap else []:
+        interval = frechet_ratio_interval(
+            candidates[row.name],
+            heldout,
+            train_sub,
+            normalizer,
+            heldout_windows,
+            n_resamples=settings.n_fd_bootstrap,
+            seed=settings.seed,
+        )
+        row.normalized_ratio_ci = interval.to_dict()
     frechet = {
         "floor": floor.to_dict(),
         "results": [r.to_dict() for r in rows],

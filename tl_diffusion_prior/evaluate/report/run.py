@@ -130,7 +130,14 @@ def run_evaluation(
     log_progress(progress, "Frechet distances")
     with clock.phase("frechet_s"):
         frechet, candidates = frechet_section(
-            priors, run.names, baselines, buffer_or_train_acts, held.rows, normalizer, settings
+            priors,
+            run.names,
+            baselines,
+            buffer_or_train_acts,
+            held.rows,
+            normalizer,
+            settings,
+            held.cleans[0].row_windows,
         )
     return _assemble_report(run, baselines, held, results, frechet, candidates, steering, clock)
 
