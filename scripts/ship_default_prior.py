@@ -6,7 +6,11 @@ does not change the loss: the held-out loss of the float32 weights and of the bf
 ones, with the same noise, are printed and added to the prior's training record (``shipped``),
 with the in-sample Gaussian reference of the same rows.
 
-    .venv/bin/python scripts/ship_default_prior.py --trained /tmp/default_prior
+    .venv/bin/python scripts/ship_default_prior.py --trained /tmp/default_prior --overwrite
+
+The shipped prior already in the package is replaced only with ``--overwrite`` (checked before
+anything loads), and only by a complete folder within the size limit: the new one is built and
+measured next to it first.
 
 A run resumed from a checkpoint written before checkpoints kept each session's command records
 only the steps of its earlier sessions; ``--earlier-session DIR`` (the prior an earlier session
@@ -18,14 +22,18 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import shlex
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
+from tl_diffusion_prior.cli.common import is_prior_dir
 from tl_diffusion_prior.constants import LOSS_CSV_NAME, TRAINING_RECORD_NAME, WEIGHTS_NAME
+from tl_diffusion_prior.core.paths import check_output_dir, set_aside
 from tl_diffusion_prior.core.serialization import read_json
 from tl_diffusion_prior.data import load_default_model
 from tl_diffusion_prior.priors import load_prior
@@ -49,7 +57,12 @@ def main() -> None:
         metavar="DIR",
         help="the prior an earlier session of a resumed run saved (repeat, oldest first)",
     )
+    parser.add_argument("--out", type=Path, default=DEFAULT_PRIOR_DIR, help="the package's folder")
+    parser.add_argument("--overwrite", action="store_true", help="replace the prior at --out")
     args = parser.parse_args()
+    out = check_output_dir(
+        args.out, overwrite=args.overwrite, what="--out (the shipped prior)", is_ours=is_prior_dir
+    )
 
     prior = load_prior(args.trained, dtype=torch.float32)
     record = _with_earlier_sessions(prior.training_record, args.earlier_session)
@@ -82,14 +95,21 @@ def main() -> None:
             },
         }
     )
-    shipped.save_pretrained(DEFAULT_PRIOR_DIR)
-    # The loss curve of the whole run (every session), for readers of the package.
-    if (Path(args.trained) / LOSS_CSV_NAME).is_file():
-        shutil.copyfile(Path(args.trained) / LOSS_CSV_NAME, DEFAULT_PRIOR_DIR / LOSS_CSV_NAME)
-    size = (DEFAULT_PRIOR_DIR / WEIGHTS_NAME).stat().st_size
-    print(f"saved to {DEFAULT_PRIOR_DIR} ({size / 2**20:.1f} MiB)")
-    if size > MAX_BYTES:
-        raise SystemExit(f"{WEIGHTS_NAME} is {size / 2**20:.1f} MiB, over the 32 MiB limit.")
+    with tempfile.TemporaryDirectory(dir=out.parent) as staging:
+        staged = Path(staging) / out.name
+        shipped.save_pretrained(staged)
+        # The loss curve of the whole run (every session), for readers of the package.
+        if (Path(args.trained) / LOSS_CSV_NAME).is_file():
+            shutil.copyfile(Path(args.trained) / LOSS_CSV_NAME, staged / LOSS_CSV_NAME)
+        size = (staged / WEIGHTS_NAME).stat().st_size
+        if size > MAX_BYTES:
+            raise SystemExit(
+                f"{WEIGHTS_NAME} would be {size / 2**20:.1f} MiB, over the 32 MiB limit; "
+                f"{out} is unchanged."
+            )
+        with set_aside(out):
+            os.replace(staged, out)
+    print(f"saved to {out} ({size / 2**20:.1f} MiB)")
 
 
 def _with_earlier_sessions(record: dict, earlier_dirs: list[str]) -> dict:

@@ -63,3 +63,23 @@ def test_an_earlier_session_that_does_not_end_where_the_run_resumed_is_refused(s
     record = {"steps": 36000, "earlier_sessions": [{"from_step": 0, "to_step": 18000}]}
     with pytest.raises(SystemExit, match="end at step 12000.*resumed at step 18000"):
         ship._with_earlier_sessions(record, dirs)
+
+
+def test_the_shipped_prior_is_replaced_only_when_asked(ship, tmp_path, monkeypatch):
+    shipped = tmp_path / "default_prior"
+    shipped.mkdir()
+    (shipped / "notes.txt").write_text("not a prior")
+    # Refused before the trained prior is even read: --trained does not exist.
+    for extra in ([], ["--overwrite"]):
+        argv = ["ship", "--trained", str(tmp_path / "missing"), "--out", str(shipped), *extra]
+        monkeypatch.setattr("sys.argv", argv)
+        with pytest.raises(ValueError, match="--out"):
+            ship.main()
+    assert (shipped / "notes.txt").read_text() == "not a prior"
+
+
+def test_the_packaged_prior_needs_overwrite(ship, tmp_path, monkeypatch):
+    argv = ["ship", "--trained", str(tmp_path / "missing")]  # --out: the package's own folder
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(ValueError, match="Pass --overwrite"):
+        ship.main()
