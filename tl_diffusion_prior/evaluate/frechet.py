@@ -163,7 +163,8 @@ def frechet_ratio_interval(
     ``train`` rows and the held-out rows (whole groups of them when ``heldout_groups`` gives each
     row's window or document). Both distances of a resample share its held-out draw, as the ratio
     they form does. The interval's ``mean`` is the ratio on the full samples, the same number as
-    :func:`frechet_table`'s ``normalized_ratio`` for these rows.
+    :func:`frechet_table`'s ``normalized_ratio`` for these rows; its ``n`` the number of held-out
+    units resampled (groups, else rows).
 
     Resampling with replacement repeats rows, which halves each set's effective size and so adds
     finite-sample bias to both distances: the resampled ratios lean towards 1 and can miss the
@@ -203,7 +204,7 @@ def frechet_ratio_interval(
         mean=point,
         low=point - (median - low),
         high=point + (high - median),
-        n=n_resamples,
+        n=n_groups,
         level=level,
     )
 
