@@ -96,6 +96,9 @@ def main() -> None:
     methods, method_options = build_methods(args, model, prior, hook)
     seeds = tuple(range(args.seeds))
     items: dict[str, list] = {}
+    # A new run: the texts of an earlier run into this folder (stopped or finished) would be
+    # appended to and reported twice.
+    (out / "items.jsonl").unlink(missing_ok=True)
     start = time.perf_counter()
     curves = concept_steering_curves(
         model,
