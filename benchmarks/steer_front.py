@@ -215,6 +215,9 @@ def parse_args() -> argparse.Namespace:
         "in float32 and in bfloat16, against plain steering",
     )
     args = parser.parse_args()
+    if 0.0 not in args.scales and not (args.report_only or args.time_only):
+        # The report measures every target against the unsteered texts: refuse before generating.
+        parser.error(f"--scales must include 0 (the unsteered reference), got {args.scales}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.quick:
