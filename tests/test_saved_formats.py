@@ -3,7 +3,8 @@
 ``tests/fixtures/pre_layout`` holds two tiny priors (an MLP, and a UNet with a fitted spectral
 layout, Gaussian skip and a ``training`` record in its config), a Gaussian baseline and a TopK SAE,
 all saved by that commit, together with outputs that commit computed from them. Loading them with
-today's code must give the same objects and bit-identical outputs.
+today's code must give the same objects and the same outputs: bit-identical for the MLP, and for
+the UNet within float32 convolution round-off, which differs between machines.
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ def test_priors_saved_before_the_layout_change_load_unchanged(architecture, prio
     out = prior.denoise(
         expected["x"], t_start=0.5, num_steps=4, noise=expected[f"{architecture}_noise"]
     )
-    torch.testing.assert_close(out, expected[f"{architecture}_denoise"], rtol=0, atol=0)
+    # The MLP's matmuls reproduce bit for bit; the UNet's float32 convolutions go through kernels
+    # that the CPU and library build choose, which differ in the last bits between machines (about
+    # 6e-6 on 2026-12-01's machine). A wrong load would differ by far more than this tolerance.
+    tolerance = {"rtol": 0, "atol": 0} if architecture == "mlp" else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(out, expected[f"{architecture}_denoise"], **tolerance)
 
 
 def test_baselines_saved_before_the_layout_change_load_unchanged(expected):

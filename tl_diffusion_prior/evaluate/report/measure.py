@@ -192,7 +192,8 @@ def frechet_section(
         knobs = ", ".join(f"{k}={v}" for k, v in method.setting.items())
         candidates[f"{method.name} ({knobs}) reconstruction"] = method.reconstruct(train_sub)
     floor, rows = frechet_table(candidates, heldout, train_sub, normalizer)
-    for row in rows[: len(priors)] if settings.n_fd_bootstrap else []:
+    prior_rows = rows[: len(priors)]  # the candidates' order: the priors' samples first
+    for row in prior_rows if settings.n_fd_bootstrap > 0 else []:
         interval = frechet_ratio_interval(
             candidates[row.name],
             heldout,
