@@ -182,7 +182,7 @@ def frechet_ratio_interval(
             f"got shape {tuple(heldout_groups.shape)}."
         )
     sets = [_normalized(rows, normalizer) for rows in (candidate, train, heldout)]
-    full = [GaussianMoments.from_samples(rows, normalizer) for rows in (candidate, train, heldout)]
+    full = [GaussianMoments.from_samples(rows) for rows in sets]  # already normalised
     floor = frechet_distance_from_moments(full[1], full[2])
     point = frechet_distance_from_moments(full[0], full[2]) / floor if floor > 0 else float("inf")
     if heldout_groups is None:
