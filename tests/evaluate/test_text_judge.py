@@ -1,6 +1,9 @@
-"""The text judge on hand-written texts: fluent vs degenerate, on- vs off-concept."""
+"""The text judge on hand-written texts: fluent vs degenerate, on- vs off-concept; and against
+hand-labelled generations of the steering benchmark."""
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -25,8 +28,11 @@ DEGENERATE = [
     "I'm here to help you with your business, and I'm here to help you with your business.",
     "\n\nA (...)\n\n!\n\n!\n\n\n\n\n",
     "\n\nA,\ns\n\nA is\n\n\n\n\n\n",
+    "The item of the item.",  # passed before 2026-12-01 (from the steering benchmark)
+    "Dear [Recipient's Name]\n\n---\n\nDear [Recipient's Name],\n\n**🌱**\n\n🌱\n",
     "",
 ]
+LABELLED = Path(__file__).parents[1] / "fixtures" / "labelled_generations.json"
 
 
 @pytest.mark.parametrize("text", FLUENT)
@@ -44,7 +50,7 @@ def test_degenerate_texts_fail(text):
 def test_nll_threshold_counts_when_given():
     assert judge_fluency(FLUENT[0], nll=1.2).fluent
     judgement = judge_fluency(FLUENT[0], nll=7.5)
-    assert not judgement.fluent and judgement.reasons == ("NLL 7.50 > 5",)
+    assert not judgement.fluent and judgement.reasons == ("NLL 7.50 > 4",)
     assert not judge_fluency(FLUENT[0], nll=float("nan")).fluent
 
 
@@ -59,6 +65,21 @@ def test_repetition_measures():
     assert repetition_stats("##!##!").junk_fraction == pytest.approx(4 / 6)
     assert repetition_stats("a (.)").alnum_fraction == pytest.approx(1 / 4)
     assert repetition_stats("ab\n\n\n").blank_fraction == pytest.approx(3 / 5)
+    assert repetition_stats("The item of the item.").repeated_2gram_fraction == pytest.approx(4 / 5)
+    assert clean.repeated_2gram_fraction == 0.0
+
+
+def test_judge_agrees_with_hand_labels_of_steered_generations():
+    """80 steered generations, labelled by reading the text alone (benchmarks/judge_audit.py):
+    drawn from the texts the judge passed with its old 5-nat cap, 43 of which read as broken."""
+    rows = json.loads(LABELLED.read_text())
+    broken = [row["label"] == "broken" for row in rows]
+    passed = [judge_fluency(row["text"], row["nll"]).fluent for row in rows]
+    agree = sum(p != b for p, b in zip(passed, broken, strict=True)) / len(rows)
+    broken_passed = sum(p and b for p, b in zip(passed, broken, strict=True)) / sum(broken)
+    fluent_failed = sum(not p and not b for p, b in zip(passed, broken, strict=True))
+    assert agree >= 0.7 and broken_passed < 0.5, (agree, broken_passed)
+    assert fluent_failed <= 0.2 * (len(rows) - sum(broken)), fluent_failed
 
 
 ON_CONCEPT = {
@@ -113,6 +134,9 @@ def test_nll_cap_separates_written_english_from_word_salad_on_the_default_model(
     ]
     salad = [
         " purple keyboard seventeen whom banana quickly of tax elephant the river",
+        # grammatical-looking salad from the steering benchmark: 4.4-4.7 nats
+        " I hope you to support and support with my ongoing support, and I look to continue.",
+        " I remembered you to have a night at a party in on.",
         " ## ** @@ ]] iteritems }} 0x3F <> ;; undefined hatch rhombus",
     ]
 
