@@ -1,7 +1,8 @@
 import pytest
+import torch
 
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult
-from tl_diffusion_prior.evaluate.stats import ConfidenceInterval
+from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
 from tl_diffusion_prior.evaluate.targets import benchmark_targets, best_settings
 
 
@@ -144,3 +145,104 @@ def test_frechet_target_covers_every_prior_name_and_nothing_else():
     )
     assert set(targets["c_frechet"]) == {"unet samples", "unet"}
     assert targets["c_frechet"]["unet samples"]["normalized_ratio"] == 1.2
+
+
+def _windowed(method, setting, condition, deltas, dataset="heldout"):
+    """A result measured on windows, carrying its per-window deltas and their interval."""
+    deltas = torch.as_tensor(deltas, dtype=torch.float64)
+    ci = bootstrap_ci(deltas, n_resamples=200)
+    return FidelityResult(
+        method, setting, dataset, condition, ci, 0.3, 0.3, 100, 0.0, window_deltas=deltas
+    )
+
+
+def _windowed_results(n_docs=40, windows_per_doc=2, seed=0):
+    """A prior at about half of the SAE's delta LM, window by window, under both headline
+    conditions; window difficulty varies a lot and is shared by every method."""
+    gen = torch.Generator().manual_seed(seed)
+    n = n_docs * windows_per_doc
+    difficulty = 0.1 + torch.rand(n_docs, generator=gen, dtype=torch.float64).repeat_interleave(
+        windows_per_doc
+    )
+    noise = 0.005 * torch.randn(4, n, generator=gen, dtype=torch.float64)
+    sae = {"d_sae": 64, "k": 8}
+    prior = {"t": 0.5, "num_steps": 20}
+    rows = [
+        _windowed("SAE", sae, "noise std=1", difficulty + noise[0]),
+        _windowed("mlp prior", prior, "noise std=1", 0.5 * difficulty + noise[1]),
+        _windowed("SAE", sae, "reconstruct", difficulty + noise[2]),
+        _windowed("mlp prior", prior, "reconstruct", 0.5 * difficulty + noise[3]),
+    ]
+    doc_ids = torch.arange(n_docs).repeat_interleave(windows_per_doc)
+    return rows, doc_ids
+
+
+def _ratio_targets(rows, doc_ids=None):
+    targets = benchmark_targets(
+        rows,
+        None,
+        prior_methods=["mlp prior"],
+        multi_step_prior_methods=["mlp prior"],
+        heldout="heldout",
+        ood=None,
+        doc_ids=doc_ids,
+        n_resamples=500,
+    )
+    return targets["a_restoration_heldout"], targets["b_reconstruction_vs_sae"]
+
+
+def test_ratio_intervals_are_paired_over_documents_and_hold_the_point_ratio():
+    rows, doc_ids = _windowed_results()
+    for entry in _ratio_targets(rows, {"heldout": doc_ids}):
+        ci = entry["ratio_ci"]
+        num, den = entry["numerator"]["delta_lm"], entry["denominator"]["delta_lm"]
+        assert entry["ratio"] == pytest.approx(num / den)  # unchanged by the interval
+        assert ci["low"] <= entry["ratio"] <= ci["high"]
+        # Every window's prior delta is half its SAE delta (plus a little noise): the paired
+        # interval is tight around 0.5 although each figure's own interval is wide.
+        assert 0.47 < ci["low"] and ci["high"] < 0.53
+        assert ci["n"] == 40 and ci["level"] == 0.95  # documents, not windows, are resampled
+        n_ci, d_ci = entry["numerator"]["ci"], entry["denominator"]["ci"]
+        naive = n_ci[1] / d_ci[0] - n_ci[0] / d_ci[1]
+        assert ci["high"] - ci["low"] < naive / 5
+
+
+def test_ratio_interval_is_none_without_window_deltas_or_documents():
+    rows, doc_ids = _windowed_results()
+    a, b = _ratio_targets(rows)  # no doc ids given
+    assert a["ratio"] is not None and a["ratio_ci"] is None and b["ratio_ci"] is None
+    a, _ = _ratio_targets(rows, {"pydoc": doc_ids})  # none for the held-out set
+    assert a["ratio_ci"] is None
+    for r in rows:
+        r.window_deltas = None
+    a, b = _ratio_targets(rows, {"heldout": doc_ids})
+    assert a["ratio"] is not None and a["ratio_ci"] is None and b["ratio_ci"] is None
+    missing = benchmark_targets(
+        [], None, prior_methods=[], multi_step_prior_methods=[], heldout="heldout", ood=None
+    )
+    assert missing["a_restoration_heldout"]["ratio_ci"] is None
+
+
+def test_out_of_domain_ratios_resample_their_own_documents():
+    rows, heldout_ids = _windowed_results()
+    pydoc, pydoc_ids = _windowed_results(n_docs=10, seed=1)
+    for r in pydoc:
+        r.dataset = "pydoc"
+    identity = _windowed("identity", {}, "noise std=1", 4 * pydoc[0].window_deltas, "pydoc")
+    targets = benchmark_targets(
+        rows + pydoc + [identity],
+        None,
+        prior_methods=["mlp prior"],
+        multi_step_prior_methods=["mlp prior"],
+        heldout="heldout",
+        ood="pydoc",
+        doc_ids={"heldout": heldout_ids, "pydoc": pydoc_ids},
+        n_resamples=500,
+    )
+    vs_noise, vs_baselines = (
+        targets["a_restoration_pydoc_vs_noise"],
+        targets["a_restoration_pydoc_vs_baselines"],
+    )
+    assert vs_noise["ratio_ci"]["n"] == vs_baselines["ratio_ci"]["n"] == 10
+    assert vs_noise["ratio_ci"]["low"] < 0.125 < vs_noise["ratio_ci"]["high"] < 0.14
+    assert vs_baselines["ratio_ci"]["low"] < 0.5 < vs_baselines["ratio_ci"]["high"]

@@ -6,7 +6,8 @@ interval (the windows' difficulty cancels). :func:`resolution` summarises, per d
 condition, the half-widths of those paired intervals over every pair of methods: a difference
 larger than the median half-width is resolved at 95% for a typical pair. It also gives each
 method's own (unpaired) half-width, the precision of one figure on its own, per corpus source
-where the windows carry source labels.
+where the windows carry source labels. :func:`paired_ratio` gives the same paired interval for the
+ratio of two methods' delta LM (the benchmark targets' ratios).
 """
 
 from __future__ import annotations
@@ -15,12 +16,17 @@ import itertools
 import statistics
 from collections.abc import Mapping, Sequence
 
+from jaxtyping import Int
 from torch import Tensor
 
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult
-from tl_diffusion_prior.evaluate.stats import ConfidenceInterval, bootstrap_ci
+from tl_diffusion_prior.evaluate.stats import (
+    ConfidenceInterval,
+    bootstrap_ci,
+    bootstrap_ratio_ci,
+)
 
-__all__ = ["half_width", "paired_difference", "resolution"]
+__all__ = ["half_width", "paired_difference", "paired_ratio", "resolution"]
 
 
 def half_width(interval: ConfidenceInterval) -> float:
@@ -36,6 +42,30 @@ def paired_difference(
     seed: int = 0,
 ) -> ConfidenceInterval:
     """Delta LM of ``a`` minus ``b`` on the same windows, with a document-clustered interval."""
+    _check_same_windows(a, b)
+    return bootstrap_ci(
+        a.window_deltas - b.window_deltas, groups=doc_ids, n_resamples=n_resamples, seed=seed
+    )
+
+
+def paired_ratio(
+    a: FidelityResult,
+    b: FidelityResult,
+    doc_ids: Int[Tensor, " windows"],
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Delta LM of ``a`` over ``b`` on the same windows, with a paired, document-clustered
+    interval (:func:`~tl_diffusion_prior.evaluate.stats.bootstrap_ratio_ci`); its point estimate
+    is ``a.delta_lm.mean / b.delta_lm.mean``."""
+    _check_same_windows(a, b)
+    return bootstrap_ratio_ci(
+        a.window_deltas, b.window_deltas, groups=doc_ids, n_resamples=n_resamples, seed=seed
+    )
+
+
+def _check_same_windows(a: FidelityResult, b: FidelityResult) -> None:
+    """Refuse a paired comparison of results without per-window deltas or from other windows."""
     if a.window_deltas is None or b.window_deltas is None:
         raise ValueError("Both results need their per-window deltas (window_deltas).")
     if a.window_deltas.shape != b.window_deltas.shape or a.dataset != b.dataset:
@@ -43,9 +73,6 @@ def paired_difference(
             f"{a.label} and {b.label} were not measured on the same windows "
             f"({a.dataset!r} vs {b.dataset!r})."
         )
-    return bootstrap_ci(
-        a.window_deltas - b.window_deltas, groups=doc_ids, n_resamples=n_resamples, seed=seed
-    )
 
 
 def resolution(

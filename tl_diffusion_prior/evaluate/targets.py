@@ -15,15 +15,24 @@ Targets (the prior-quality issue's, #14, which the README reports against):
 Reports written before these were aligned with #14 print (b) <= 0.26 and (c) <= 2.
 
 A ratio is reported with its inputs and the settings that produced them; a missing input gives
-None with a reason, never a made-up number.
+None with a reason, never a made-up number. The delta-LM ratios also get a 95% interval of their
+own (``ratio_ci``): both methods were measured on the same held-out windows, so the windows are
+resampled once for both (whole documents at a time) and the interval is of the ratio of the
+resampled means (:func:`~tl_diffusion_prior.evaluate.resolution.paired_ratio`). It needs the
+per-window deltas and the windows' documents; without them it is None.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from jaxtyping import Int
+from torch import Tensor
 
 from tl_diffusion_prior.evaluate.curves import compare_curves, interpolate_at
 from tl_diffusion_prior.evaluate.fidelity import FidelityResult
+from tl_diffusion_prior.evaluate.resolution import paired_ratio
 
 TARGET_RESTORATION_RATIO = 0.26
 TARGET_RECONSTRUCTION_RATIO = 0.5
@@ -69,10 +78,43 @@ def _best(results, dataset, condition, methods) -> FidelityResult | None:
     return min(pool, key=lambda r: r.delta_lm.mean) if pool else None
 
 
-def _ratio(numerator: FidelityResult | None, denominator: FidelityResult | None, target):
+@dataclass(frozen=True)
+class RatioIntervals:
+    """How the targets' ratio intervals are bootstrapped (see the module docstring).
+
+    Attributes:
+        doc_ids: Data set name -> the document of each of its windows (the bootstrap clusters,
+            as for :func:`~tl_diffusion_prior.evaluate.resolution.resolution`); a data set not
+            in it gets no interval.
+        n_resamples / seed: Of every bootstrap (the run's ``n_bootstrap`` and ``seed``).
+    """
+
+    doc_ids: Mapping[str, Int[Tensor, " windows"]] = field(default_factory=dict)
+    n_resamples: int = 2000
+    seed: int = 0
+
+    def of(self, numerator: FidelityResult, denominator: FidelityResult) -> dict | None:
+        """The paired interval of ``numerator / denominator`` as ``{low, high, level, n}``, or
+        None when the per-window deltas or the data set's documents are missing."""
+        ids = self.doc_ids.get(numerator.dataset)
+        if ids is None or numerator.window_deltas is None or denominator.window_deltas is None:
+            return None
+        ci = paired_ratio(numerator, denominator, ids, self.n_resamples, self.seed)
+        return {"low": ci.low, "high": ci.high, "level": ci.level, "n": ci.n}
+
+
+def _ratio(
+    numerator: FidelityResult | None,
+    denominator: FidelityResult | None,
+    target,
+    intervals: RatioIntervals | None = None,
+) -> dict:
+    """``numerator``'s mean delta LM over ``denominator``'s, with both inputs and, given
+    ``intervals``, the ratio's own paired interval (``ratio_ci``; None where it cannot be had)."""
     if numerator is None or denominator is None:
         return {
             "ratio": None,
+            "ratio_ci": None,
             "target": target,
             "met": None,
             "reason": "missing results (method or condition not evaluated)",
@@ -81,6 +123,7 @@ def _ratio(numerator: FidelityResult | None, denominator: FidelityResult | None,
     if den <= 0:
         return {
             "ratio": None,
+            "ratio_ci": None,
             "target": target,
             "met": None,
             "reason": f"reference delta LM {den:.4g} <= 0: ratio undefined",
@@ -90,6 +133,7 @@ def _ratio(numerator: FidelityResult | None, denominator: FidelityResult | None,
     ratio = numerator.delta_lm.mean / den
     return {
         "ratio": ratio,
+        "ratio_ci": None if intervals is None else intervals.of(numerator, denominator),
         "target": target,
         "met": None if target is None else bool(ratio <= target),
         "numerator": {
@@ -125,6 +169,9 @@ def benchmark_targets(
     ood: str | Sequence[str] | None,
     headline_noise_std: float = 1.0,
     headline_t: float = 0.5,
+    doc_ids: Mapping[str, Int[Tensor, " windows"]] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> dict:
     """The (a), (b), (c) ratios of the module docstring.
 
@@ -136,13 +183,19 @@ def benchmark_targets(
         heldout / ood: The in-domain data set name and the out-of-domain one(s) (a name, a list
             of names, or None).
         headline_noise_std / headline_t: The settings targets (a) and (b) are read at.
+        doc_ids: Data set name -> the document of each window, for the paired intervals of the
+            (a) and (b) ratios; None (or a data set left out) gives those intervals as None.
+        n_resamples / seed: Of those intervals' bootstraps.
     """
     baseline_names = sorted({r.method for r in results if r.method.startswith(BASELINE_PREFIXES)})
     noise = f"noise std={headline_noise_std:g}"
-    out = _restoration_targets(results, prior_methods, baseline_names, heldout, ood, noise)
+    intervals = RatioIntervals(doc_ids or {}, n_resamples, seed)
+    out = _restoration_targets(
+        results, prior_methods, baseline_names, heldout, ood, noise, intervals
+    )
     out.update(
         _reconstruction_targets(
-            results, multi_step_prior_methods, baseline_names, heldout, headline_t
+            results, multi_step_prior_methods, baseline_names, heldout, headline_t, intervals
         )
     )
     out["c_frechet"] = _frechet_targets(frechet or {}, prior_methods)
@@ -156,24 +209,30 @@ def _restoration_targets(
     heldout: str,
     ood: str | Sequence[str] | None,
     noise: str,
+    intervals: RatioIntervals | None = None,
 ) -> dict:
     """(a): best prior vs best baseline on ``heldout``; on ``ood`` also vs the noise left alone."""
     out = {}
     best_prior = _best(results, heldout, noise, prior_methods)
     best_baseline = _best(results, heldout, noise, baseline_names)
-    out["a_restoration_heldout"] = _ratio(best_prior, best_baseline, TARGET_RESTORATION_RATIO)
+    out["a_restoration_heldout"] = _ratio(
+        best_prior, best_baseline, TARGET_RESTORATION_RATIO, intervals
+    )
     # The paper's round trip (noise the noisy input again, then denoise), for comparison only.
     round_trips = [f"{m}{ROUND_TRIP}" for m in prior_methods]
     out["a_round_trip_heldout"] = _ratio(
-        _best(results, heldout, noise, round_trips), best_baseline, None
+        _best(results, heldout, noise, round_trips), best_baseline, None, intervals
     )
     for name in _ood_names(ood):
         best_ood = _best(results, name, noise, prior_methods)
         out[f"a_restoration_{name}_vs_noise"] = _ratio(
-            best_ood, _best(results, name, noise, ["identity"]), OOD_VS_NOISE_TARGET
+            best_ood, _best(results, name, noise, ["identity"]), OOD_VS_NOISE_TARGET, intervals
         )
         out[f"a_restoration_{name}_vs_baselines"] = _ratio(
-            best_ood, _best(results, name, noise, baseline_names), OOD_VS_BASELINES_TARGET
+            best_ood,
+            _best(results, name, noise, baseline_names),
+            OOD_VS_BASELINES_TARGET,
+            intervals,
         )
     return out
 
@@ -190,6 +249,7 @@ def _reconstruction_targets(
     baseline_names: Sequence[str],
     heldout: str,
     headline_t: float,
+    intervals: RatioIntervals | None = None,
 ) -> dict:
     """(b): the best prior at ``headline_t`` vs the best SAE, and each prior's distortion curve
     against PCA's, each SAE's and the Gaussian posterior's."""
@@ -205,7 +265,9 @@ def _reconstruction_targets(
     prior_at_t = min(at_t, key=lambda r: r.delta_lm.mean) if at_t else None
     best_sae = _best(results, heldout, "reconstruct", sae_names)
     out: dict = {
-        "b_reconstruction_vs_sae": _ratio(prior_at_t, best_sae, TARGET_RECONSTRUCTION_RATIO)
+        "b_reconstruction_vs_sae": _ratio(
+            prior_at_t, best_sae, TARGET_RECONSTRUCTION_RATIO, intervals
+        )
     }
     equal = {}
     for prior_name in multi_step_prior_methods:

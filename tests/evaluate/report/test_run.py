@@ -40,6 +40,13 @@ def test_run_covers_every_method_condition_and_dataset(tiny_run):
         "b_equal_distortion",
         "c_frechet",
     }
+    # Every delta-LM ratio carries its paired interval, over the documents of its data set
+    # (heldout: 6 windows of 3 documents; pydoc: 4 of 4).
+    ratios = {k: e for k, e in report.targets.items() if e.get("ratio") is not None}
+    assert ratios
+    for key, entry in ratios.items():
+        assert entry["ratio_ci"]["low"] <= entry["ratio"] <= entry["ratio_ci"]["high"]
+        assert entry["ratio_ci"]["n"] == (4 if "pydoc" in key else 3)
 
 
 def test_run_reports_per_source_figures_and_its_resolution(tiny_run):

@@ -3,6 +3,7 @@ import json
 from tests.evaluate.report.helpers import HOOK
 from tl_diffusion_prior.core.serialization import load_safetensors
 from tl_diffusion_prior.evaluate.report import write_report
+from tl_diffusion_prior.evaluate.report.markdown import _target_lines
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -56,3 +57,20 @@ def test_write_report_outputs(tiny_run):
         "report.md",
         "steer_vectors.safetensors",
     ]
+
+
+def test_target_lines_show_a_ratios_interval_when_it_has_one():
+    entry = {
+        "ratio": 0.3335,
+        "ratio_ci": {"low": 0.3121, "high": 0.3572, "level": 0.95, "n": 240},
+        "target": 0.26,
+        "met": False,
+        "numerator": {"label": "prior", "delta_lm": 0.2078, "ci": [0.1928, 0.2218]},
+        "denominator": {"label": "SAE", "delta_lm": 0.6230, "ci": [0.5943, 0.6519]},
+    }
+    with_ci = _target_lines({"a_restoration_heldout": entry})[0]
+    assert ": 0.334 [0.312, 0.357] (target <= 0.26: **NOT met**) = prior 0.2078" in with_ci
+    without = _target_lines({"a_restoration_heldout": {**entry, "ratio_ci": None}})[0]
+    assert ": 0.334 (target <= 0.26" in without
+    old_report = {k: v for k, v in entry.items() if k != "ratio_ci"}
+    assert _target_lines({"a_restoration_heldout": old_report})[0] == without

@@ -84,6 +84,12 @@ class HeldOut:
         """The in-domain held-out activations (the reference of the Frechet distances)."""
         return self.cleans[0].rows
 
+    @property
+    def doc_ids(self) -> dict[str, Tensor]:
+        """Per token set, the document of each window: the clusters every paired bootstrap (the
+        resolution, the benchmark ratios' intervals) resamples."""
+        return {c.token_set.name: c.token_set.doc_ids for c in self.cleans}
+
     def datasets(self) -> dict[str, dict]:
         """Per token set: windows, documents, patched tokens and the clean loss."""
         return {

@@ -220,7 +220,7 @@ def _assemble_report(
     settings = run.settings
     precision = resolution(
         results,
-        {c.token_set.name: c.token_set.doc_ids for c in held.cleans},
+        held.doc_ids,
         ["reconstruct", f"noise std={settings.headline_noise_std:g}"],
         n_resamples=settings.n_bootstrap,
         seed=settings.seed,
@@ -258,7 +258,8 @@ def _assemble_report(
 def _targets(
     run: _Run, held: HeldOut, results: list[FidelityResult], frechet: dict
 ) -> dict[str, dict]:
-    """The benchmark ratios: the first token set is in-domain, the second out-of-domain."""
+    """The benchmark ratios: the first token set is in-domain, the others out-of-domain; the
+    ratios' intervals resample each set's documents, as the run's resolution does."""
     settings, names = run.settings, run.names
     return benchmark_targets(
         results,
@@ -269,6 +270,9 @@ def _targets(
         ood=[clean.token_set.name for clean in held.cleans[1:]],
         headline_noise_std=settings.headline_noise_std,
         headline_t=settings.headline_t,
+        doc_ids=held.doc_ids,
+        n_resamples=settings.n_bootstrap,
+        seed=settings.seed,
     )
 
 
