@@ -101,6 +101,9 @@ def row(sweep, layer, positions, vector_kind, scale, norm, items) -> dict:
         "lexicon": ci([float(i.lexicon_hits) for i in items]),
         "fluent": ci([float(i.fluent) for i in items]),
         "examples": [i.text for i in items[:: max(1, len(items) // 4)]],
+        # Every text with its NLL, so that a later text judge can re-judge the run (the run of
+        # 2026-11-30 kept only the examples and could not be).
+        "items": [{"text": i.text, "nll": i.nll, "fluent": i.fluent} for i in items],
     }
 
 
