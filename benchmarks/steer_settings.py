@@ -73,7 +73,8 @@ def main() -> None:
         for scale in args.scales:
             items = run.items_at(scale, None, options)
             rows.append(row(sweep, layer, positions, vector_kind, scale, norm, items))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "examples"}), flush=True)
+            summary = {k: v for k, v in rows[-1].items() if k not in ("examples", "items")}
+            print(json.dumps(summary), flush=True)
         (out / "results.json").write_text(json.dumps(meta(args, rows), indent=1))
     write_report(out, meta(args, rows))
 
