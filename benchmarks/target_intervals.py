@@ -46,7 +46,11 @@ from tl_diffusion_prior.evaluate.plan import (
 from tl_diffusion_prior.evaluate.reconstructors import Reconstructor
 from tl_diffusion_prior.evaluate.report.measure import HeldOut, measure_fidelity
 from tl_diffusion_prior.evaluate.settings import EvalSettings
-from tl_diffusion_prior.evaluate.targets import BASELINE_PREFIXES, benchmark_targets
+from tl_diffusion_prior.evaluate.targets import (
+    BASELINE_PREFIXES,
+    benchmark_targets,
+    restoration_prior_methods,
+)
 
 # The entries of ``benchmark_targets`` this script measures everything for.
 TARGETS = ("a_restoration_heldout", "b_reconstruction_vs_sae")
@@ -95,7 +99,7 @@ def _measure_targets(
     targets = benchmark_targets(
         results,
         None,
-        prior_methods=names + ([f"{n} one-step" for n in names] if settings.one_step else []),
+        prior_methods=restoration_prior_methods(names, settings.one_step),
         multi_step_prior_methods=names,
         heldout=held.cleans[0].token_set.name,
         ood=None,

@@ -48,6 +48,12 @@ OOD_VS_NOISE_TARGET = 0.5
 OOD_VS_BASELINES_TARGET = 1.0
 
 
+def restoration_prior_methods(names: Sequence[str], one_step: bool) -> list[str]:
+    """The method names target (a) ranges over: each prior, and its one-step variant when the
+    run measured one (``EvalSettings.one_step``)."""
+    return list(names) + ([f"{n} one-step" for n in names] if one_step else [])
+
+
 def best_settings(results: Sequence[FidelityResult]) -> dict[str, dict]:
     """Per ``dataset | condition | method``: the setting with the lowest mean delta LM."""
     groups: dict[str, list[FidelityResult]] = {}

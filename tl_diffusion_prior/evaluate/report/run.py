@@ -52,7 +52,11 @@ from tl_diffusion_prior.evaluate.report.types import EvalReport
 from tl_diffusion_prior.evaluate.resolution import resolution
 from tl_diffusion_prior.evaluate.settings import EvalSettings
 from tl_diffusion_prior.evaluate.steering_curves import SteeringCurves
-from tl_diffusion_prior.evaluate.targets import benchmark_targets, best_settings
+from tl_diffusion_prior.evaluate.targets import (
+    benchmark_targets,
+    best_settings,
+    restoration_prior_methods,
+)
 from tl_diffusion_prior.priors.base import DiffusionPrior
 
 __all__ = ["run_evaluation"]
@@ -264,7 +268,7 @@ def _targets(
     return benchmark_targets(
         results,
         frechet,
-        prior_methods=names + ([f"{n} one-step" for n in names] if settings.one_step else []),
+        prior_methods=restoration_prior_methods(names, settings.one_step),
         multi_step_prior_methods=names,
         heldout=held.cleans[0].token_set.name,
         ood=[clean.token_set.name for clean in held.cleans[1:]],
