@@ -160,7 +160,7 @@ def _read_by_targets(
     baseline, which "best" ranges over in ``evaluate.targets``; in reconstruction the SAEs and
     the multi-step priors at the headline t. The round trip and the identity are left out."""
     if condition.kind == "noise":
-        prior = method.name in names or method.name.removesuffix(" one-step") in names
+        prior = method.name in restoration_prior_methods(names, one_step=True)
         baseline = method.name.startswith(BASELINE_PREFIXES)
         return condition.noise_std == settings.headline_noise_std and (prior or baseline)
     if condition.kind == "reconstruct":
